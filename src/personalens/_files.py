@@ -1,0 +1,69 @@
+"""Small file helpers: the cache directory, sha256 with a verification stamp, and an inter-process lock."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    """``$PERSONALENS_CACHE_DIR``, else ``$XDG_CACHE_HOME/personalens``, else ``~/.cache/personalens``.
+    Nothing is created here: callers create what they write."""
+    env = os.environ.get("PERSONALENS_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "personalens"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def verified(path: Path, sha256: str) -> bool:
+    """True when ``path`` has ``sha256``. A stamp next to the file (size, mtime, hash) saves re-hashing large files;
+    any change to the file invalidates the stamp and the hash is computed again."""
+    if not path.is_file():
+        return False
+    st = path.stat()
+    stamp = _stamp_path(path)
+    try:
+        saved = json.loads(stamp.read_text())
+        if saved == {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}:
+            return True
+    except (OSError, ValueError):
+        pass
+    if sha256_file(path) != sha256:
+        return False
+    write_stamp(path, sha256)
+    return True
+
+
+def write_stamp(path: Path, sha256: str) -> None:
+    st = path.stat()
+    _stamp_path(path).write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing), released on exit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,250 @@
+"""The calling contract every chat backend follows.
+
+A backend turns one :class:`ChatRequest` into one :class:`ChatResult`. Requests are plain data, so the same request
+can go to the embedded llama.cpp model, to any OpenAI-compatible server, or to the scripted test double, and can be
+hashed whole for the response cache. Every result carries its token usage and wall time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from personalens.errors import LLMError, LLMOutputError
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+def user(content: str) -> Message:
+    return Message("user", content)
+
+
+def system(content: str) -> Message:
+    return Message("system", content)
+
+
+def assistant(content: str) -> Message:
+    return Message("assistant", content)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat call.
+
+    ``prefill`` is text the assistant's answer must start with; the model continues it (llama.cpp and vLLM support
+    this; the prefill is not repeated in :attr:`ChatResult.text`). ``json_schema`` asks for schema-constrained output
+    where the backend supports it. ``top_logprobs`` > 0 asks for that many alternatives per generated token.
+    ``sample`` distinguishes otherwise identical requests in the response cache: bump it to force a fresh sample.
+    ``cache_prompt`` lets a llama.cpp backend reuse the KV cache of a shared prompt prefix.
+    """
+
+    messages: tuple[Message, ...]
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    json_schema: Mapping[str, Any] | None = None
+    top_logprobs: int = 0
+    prefill: str = ""
+    sample: int = 0
+    cache_prompt: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.messages:
+            raise ValueError("a chat request needs at least one message")
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if not 0 <= self.top_logprobs <= 20:
+            raise ValueError("top_logprobs must be between 0 and 20 (the OpenAI API limit)")
+
+    @classmethod
+    def of(cls, messages: str | Message | Sequence[Message], **kwargs: Any) -> ChatRequest:
+        """Build a request from a prompt string, one message or a list of messages."""
+        if isinstance(messages, str):
+            msgs: tuple[Message, ...] = (user(messages),)
+        elif isinstance(messages, Message):
+            msgs = (messages,)
+        else:
+            msgs = tuple(messages)
+        return cls(messages=msgs, **kwargs)
+
+    def canonical(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field that can change the answer (the cache key is its hash)."""
+        d = asdict(self)
+        d["messages"] = [[m.role, m.content] for m in self.messages]
+        d["stop"] = list(self.stop)
+        d.pop("cache_prompt")  # a speed setting: the same answer either way
+        return d
+
+    def cache_key(self, model_id: str) -> str:
+        payload = json.dumps({"model": model_id, "request": self.canonical()}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def to_openai(self, model: str | None) -> dict[str, Any]:
+        """The body of an OpenAI ``/chat/completions`` request."""
+        messages = [{"role": m.role, "content": m.content} for m in self.messages]
+        if self.prefill:
+            messages.append({"role": "assistant", "content": self.prefill})
+        body: dict[str, Any] = {"messages": messages, "max_tokens": self.max_tokens, "temperature": self.temperature}
+        if model:
+            body["model"] = model
+        if self.top_p is not None:
+            body["top_p"] = self.top_p
+        if self.seed is not None:
+            body["seed"] = self.seed
+        if self.stop:
+            body["stop"] = list(self.stop)
+        if self.json_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": dict(self.json_schema), "strict": True},
+            }
+        if self.top_logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = self.top_logprobs
+        return body
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens and time. Adding two usages sums them; ``calls`` counts backend calls (cache hits are not calls)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    calls: int = 0
+    cache_hits: int = 0
+    seconds: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_prompt_tokens + other.cached_prompt_tokens,
+            self.calls + other.calls,
+            self.cache_hits + other.cache_hits,
+            self.seconds + other.seconds,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["total_tokens"] = self.total_tokens
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+    def describe(self) -> str:
+        return (
+            f"{self.calls} calls ({self.cache_hits} cached), {self.prompt_tokens} prompt + "
+            f"{self.completion_tokens} completion tokens, {self.seconds:.1f} s"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprobs:
+    """One generated token, its log-probability, and the top alternatives at that position (token -> logprob)."""
+
+    token: str
+    logprob: float
+    top: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ChatResult:
+    text: str
+    usage: Usage
+    finish_reason: str = "stop"
+    logprobs: list[TokenLogprobs] | None = None
+    model: str = ""
+    from_cache: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "usage": asdict(self.usage),
+            "finish_reason": self.finish_reason,
+            "logprobs": None
+            if self.logprobs is None
+            else [{"token": t.token, "logprob": t.logprob, "top": dict(t.top)} for t in self.logprobs],
+            "model": self.model,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ChatResult:
+        lps = data.get("logprobs")
+        return cls(
+            text=data["text"],
+            usage=Usage(**data["usage"]),
+            finish_reason=data.get("finish_reason", "stop"),
+            logprobs=None
+            if lps is None
+            else [TokenLogprobs(t["token"], t["logprob"], dict(t["top"])) for t in lps],
+            model=data.get("model", ""),
+        )
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    """Anything that answers chat requests. ``model_id`` names the exact model (and weights hash) for cache keys."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    def chat(self, request: ChatRequest) -> ChatResult: ...
+
+    def close(self) -> None: ...
+
+
+def parse_openai_chat_response(data: Mapping[str, Any], *, seconds: float) -> ChatResult:
+    """Turn an OpenAI-style chat completion body (as llama.cpp, vLLM, Ollama and hosted APIs return it) into a result.
+
+    With a prefill, llama.cpp and vLLM return only the continuation, which is what ``text`` holds.
+    """
+    if "error" in data and "choices" not in data:
+        raise LLMError(f"the server returned an error: {json.dumps(data['error'])[:500]}")
+    try:
+        choice = data["choices"][0]
+        message = choice.get("message") or {}
+        text = message.get("content")
+        if text is None:
+            text = choice.get("text", "")
+    except (KeyError, IndexError, TypeError) as exc:
+        raise LLMOutputError(f"not a chat completion: {json.dumps(data)[:300]}", raw=[json.dumps(data)]) from exc
+    usage_d = data.get("usage") or {}
+    details = usage_d.get("prompt_tokens_details") or {}
+    usage = Usage(
+        prompt_tokens=int(usage_d.get("prompt_tokens") or 0),
+        completion_tokens=int(usage_d.get("completion_tokens") or 0),
+        cached_prompt_tokens=int(details.get("cached_tokens") or 0),
+        calls=1,
+        seconds=seconds,
+    )
+    logprobs = None
+    lp = choice.get("logprobs")
+    if isinstance(lp, Mapping) and lp.get("content") is not None:
+        logprobs = [
+            TokenLogprobs(
+                token=entry.get("token", ""),
+                logprob=float(entry.get("logprob", 0.0)),
+                top={alt["token"]: float(alt["logprob"]) for alt in entry.get("top_logprobs") or []},
+            )
+            for entry in lp["content"]
+        ]
+    return ChatResult(
+        text=text or "",
+        usage=usage,
+        finish_reason=str(choice.get("finish_reason") or "stop"),
+        logprobs=logprobs,
+        model=str(data.get("model", "")),
+    )

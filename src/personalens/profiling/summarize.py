@@ -1,0 +1,97 @@
+"""Summarisation profiling: distil the items a user liked and disliked into a bounded-length persona."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from personalens.data.records import Interaction, Item
+from personalens.errors import LLMOutputError
+from personalens.llm.base import ChatModel, ChatRequest, Usage
+from personalens.profiling import prompts
+
+
+@dataclass(slots=True)
+class Persona:
+    """A persona text and how it was made. ``leaked_titles`` lists history titles the text names (they should not
+    appear; they are reported, not hidden). ``truncated`` is True when the text was cut to the word bound."""
+
+    text: str
+    usage: Usage
+    source_items: tuple[str, ...]
+    leaked_titles: tuple[str, ...] = ()
+    truncated: bool = False
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def bound_words(text: str, max_words: int) -> tuple[str, bool]:
+    """``text`` cut to at most ``max_words`` words, at the last full sentence when there is one."""
+    words = text.split()
+    if len(words) <= max_words:
+        return " ".join(words), False
+    clipped = " ".join(words[:max_words])
+    sentences = _SENTENCE_END.split(clipped)
+    if len(sentences) > 1:
+        clipped = " ".join(sentences[:-1])
+    return clipped.strip(), True
+
+
+def _clean(text: str) -> str:
+    text = text.strip().strip('"').strip()
+    text = re.sub(r"^(?:\*\*)?(?:profile|persona)(?:\*\*)?\s*:\s*", "", text, flags=re.IGNORECASE)
+    return " ".join(text.split())
+
+
+def summarize_history(
+    model: ChatModel,
+    interactions: Sequence[Interaction],
+    items: Mapping[str, Item],
+    *,
+    domain: str = "movies",
+    max_words: int = 120,
+    max_items: int = 40,
+    like_threshold: float | None = None,
+    item_fields: Sequence[str] | None = None,
+) -> Persona:
+    """Write a persona from ``interactions`` (the most recent ``max_items`` are used).
+
+    An interaction counts as liked when its ``label`` is True, or, without a label, when its rating is above
+    ``like_threshold`` (default: the middle of the ratings seen). Raises :class:`LLMOutputError` on an empty answer.
+    """
+    chosen = list(interactions)[-max_items:]
+    if not chosen:
+        raise ValueError("cannot write a persona from an empty history")
+    ratings = [x.rating for x in chosen if x.rating is not None]
+    threshold = like_threshold
+    if threshold is None and ratings:
+        threshold = (min(ratings) + max(ratings)) / 2
+    liked, disliked, titles = [], [], []
+    for x in chosen:
+        item = items.get(x.item_id) or Item(x.item_id)
+        line = item.text(item_fields, max_chars=160)
+        titles.append(item.title or item.item_id)
+        is_liked = x.label if x.label is not None else (x.rating is None or x.rating > (threshold or 0))
+        (liked if is_liked else disliked).append(line)
+    request = ChatRequest.of(
+        prompts.persona_from_history(liked, disliked, domain=domain, max_words=max_words),
+        max_tokens=int(max_words * 2) + 32,
+        temperature=0.0,
+    )
+    result = model.chat(request)
+    text = _clean(result.text)
+    if len(text.split()) < 5:
+        raise LLMOutputError(f"the persona answer is empty or too short: {result.text!r}", raw=[result.text])
+    text, truncated = bound_words(text, max_words)
+    lowered = text.lower()
+    leaked = tuple(t for t in dict.fromkeys(titles) if _bare_title(t) and _bare_title(t) in lowered)
+    return Persona(text, result.usage, tuple(x.item_id for x in chosen), leaked, truncated)
+
+
+def _bare_title(title: str) -> str:
+    """A title without a trailing year or article suffix, lower-cased; empty for titles too short to check."""
+    bare = re.sub(r"\s*\(\d{4}\)\s*$", "", title).strip()
+    bare = re.sub(r",\s*(The|A|An)$", "", bare).strip().lower()
+    return bare if len(bare) >= 4 else ""
