@@ -38,7 +38,11 @@ def predict_ratings(
     usage = Usage()
     for index, item in enumerate(items):
         messages, prefill = prompts.rating_question(
-            persona, item.text(item_fields, max_chars=300), item.title or item.item_id, scale=scale, domain=domain
+            persona,
+            item.text(item_fields, max_chars=300),
+            item.title or item.item_id,
+            scale=scale,
+            domain=domain,
         )
         scores = score_rating(model, messages, scale, prefill=prefill, cache_prompt=cache_prompt)
         usage = usage + scores.usage

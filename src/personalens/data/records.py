@@ -73,7 +73,9 @@ class History:
         return [x.item_id for x in self.interactions]
 
     def split_last(self, n: int = 1) -> tuple[History, tuple[Interaction, ...]]:
-        """Leave-last-``n``-out: the history before the held-out tail, and the tail. Nothing of the tail leaks."""
+        """Leave-last-``n``-out: the history before the held-out tail, and the tail.
+
+        Nothing of the tail leaks."""
         if n < 0 or n >= len(self.interactions):
             raise ValueError(f"cannot hold out {n} of {len(self.interactions)} interactions")
         head = self.interactions[: len(self.interactions) - n]
@@ -155,7 +157,8 @@ class Dataset:
 
     def with_labels(self, *, like_above: float, dislike_below: float) -> Dataset:
         """A copy whose interactions carry ``label`` from the rating: like if > like_above, dislike if
-        < dislike_below, dropped otherwise (PersonaX drops 3 on a 1–5 scale with like_above=dislike_below=3)."""
+        < dislike_below, dropped otherwise (PersonaX drops 3 on a 1–5 scale with
+        like_above=dislike_below=3)."""
         kept = []
         for x in self.interactions:
             if x.rating is None:

@@ -93,7 +93,11 @@ class ChatRequest:
         messages = [{"role": m.role, "content": m.content} for m in self.messages]
         if self.prefill:
             messages.append({"role": "assistant", "content": self.prefill})
-        body: dict[str, Any] = {"messages": messages, "max_tokens": self.max_tokens, "temperature": self.temperature}
+        body: dict[str, Any] = {
+            "messages": messages,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
         if model:
             body["model"] = model
         if self.top_p is not None:
@@ -168,6 +172,7 @@ class ChatResult:
     logprobs: list[TokenLogprobs] | None = None
     model: str = ""
     from_cache: bool = False
+    timings: Mapping[str, float] | None = None  # server-side speed figures when the server reports them (llama.cpp)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -187,9 +192,7 @@ class ChatResult:
             text=data["text"],
             usage=Usage(**data["usage"]),
             finish_reason=data.get("finish_reason", "stop"),
-            logprobs=None
-            if lps is None
-            else [TokenLogprobs(t["token"], t["logprob"], dict(t["top"])) for t in lps],
+            logprobs=None if lps is None else [TokenLogprobs(t["token"], t["logprob"], dict(t["top"])) for t in lps],
             model=data.get("model", ""),
         )
 
@@ -241,10 +244,14 @@ def parse_openai_chat_response(data: Mapping[str, Any], *, seconds: float) -> Ch
             )
             for entry in lp["content"]
         ]
+    timings = data.get("timings")
     return ChatResult(
         text=text or "",
         usage=usage,
         finish_reason=str(choice.get("finish_reason") or "stop"),
         logprobs=logprobs,
         model=str(data.get("model", "")),
+        timings={k: float(v) for k, v in timings.items() if isinstance(v, (int, float))}
+        if isinstance(timings, Mapping)
+        else None,
     )

@@ -92,12 +92,19 @@ class CachedChatModel:
     def model_id(self) -> str:
         return self.inner.model_id
 
+    def cached(self, request: ChatRequest) -> ChatResult | None:
+        """The stored answer to ``request`` (usage: one cache hit), or ``None``; never calls the backend."""
+        if self.refresh:
+            return None
+        hit = self.cache.get(self.model_id, request)
+        if hit is not None:
+            hit.usage = Usage(cache_hits=1)
+        return hit
+
     def chat(self, request: ChatRequest) -> ChatResult:
-        if not self.refresh:
-            hit = self.cache.get(self.model_id, request)
-            if hit is not None:
-                hit.usage = Usage(cache_hits=1)
-                return hit
+        hit = self.cached(request)
+        if hit is not None:
+            return hit
         result = self.inner.chat(request)
         self.cache.put(self.model_id, request, result)
         return result

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from personalens._retry import RetryPolicy, Retryable, call_with_retries, parse_retry_after
+from personalens._retry import Retryable, RetryPolicy, call_with_retries, parse_retry_after
 from personalens.errors import LLMError, LLMOutputError, LLMTransportError
 from personalens.llm.base import ChatRequest, ChatResult, parse_openai_chat_response
 

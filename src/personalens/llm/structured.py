@@ -100,8 +100,7 @@ def validate(value: Any, schema: Mapping[str, Any], path: str = "$") -> list[str
     if kind is not None:
         kinds = [kind] if isinstance(kind, str) else list(kind)
         ok = any(
-            isinstance(value, _TYPES[k]) and not (k in ("integer", "number") and isinstance(value, bool))
-            for k in kinds
+            isinstance(value, _TYPES[k]) and not (k in ("integer", "number") and isinstance(value, bool)) for k in kinds
         )
         if not ok and "integer" in kinds and isinstance(value, float) and value.is_integer():
             ok = True

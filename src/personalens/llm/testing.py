@@ -18,7 +18,8 @@ class ScriptedChatModel:
     ``answers`` is either a sequence (answered in order; running out raises :class:`LLMError`) or a function of the
     request. ``next_tokens``, when given, is a function of the request returning next-token *probabilities* at the
     answer position (after any prefill); a request that asks for logprobs is then answered from it alone (the most
-    likely token as text, the distribution as ``top_logprobs``) without using up a scripted answer. Token counts are whitespace word counts, so usage is deterministic.
+    likely token as text, the distribution as ``top_logprobs``) without using up a scripted answer.
+    Token counts are whitespace word counts, so usage is deterministic.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Usage accounting and caps for a run: every call's tokens and time add up; a cap stops the run before it is crossed."""
+"""Usage accounting and caps for a run: every call's tokens and time add up; a cap stops a run before it crosses it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ class UsageMeter:
     """Wraps a chat model; sums the usage of every call into :attr:`total` and enforces a :class:`Budget`.
 
     Before a call it checks that the tokens already used plus the request's ``max_tokens`` stay within the token cap,
-    so a run stops before it crosses a cap rather than after.
+    so a run stops before it crosses a cap rather than after. Answers the wrapped model already has cached (it
+    offers ``cached(request)``) are served without the check: they cost nothing.
     """
 
     def __init__(self, inner: ChatModel, budget: Budget | None = None) -> None:
@@ -47,9 +48,12 @@ class UsageMeter:
             raise BudgetExceeded(f"time cap reached: {t.seconds:.1f} s of {b.max_seconds} s used")
 
     def chat(self, request: ChatRequest) -> ChatResult:
-        with self._lock:
-            self._check(request)
-        result = self.inner.chat(request)
+        lookup = getattr(self.inner, "cached", None)
+        result = lookup(request) if lookup is not None else None
+        if result is None:
+            with self._lock:
+                self._check(request)
+            result = self.inner.chat(request)
         with self._lock:
             self.total = self.total + result.usage
         return result

@@ -62,7 +62,7 @@ def rating_question(
     text = (
         f"Profile of a person's taste in {domain}:\n{persona.strip()}\n\n"
         f"Predict how this person would rate an item on a scale from {low:g} (would dislike it) to {high:g} "
-        f"(would love it){step_text}. Answer in JSON with the keys \"item\" and \"rating\".\n\n"
+        f'(would love it){step_text}. Answer in JSON with the keys "item" and "rating".\n\n'
         f"Item: {item_text}"
     )
     title = item_title.replace('"', "'")

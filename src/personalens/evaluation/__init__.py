@@ -1,0 +1,1 @@
+"""Evaluation: metrics, tasks and experiment runners."""

@@ -1,0 +1,103 @@
+"""The real embedded LLM and embedder, and the OpenAI-compatible client against llama.cpp's own server on loopback."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from personalens.demo import load_demo_dataset
+from personalens.embed.minilm import MiniLMEmbedder
+from personalens.llm import ChatRequest, generate_json, score_rating, user
+from personalens.llm.openai_compat import OpenAICompatibleModel
+from personalens.prediction import predict_ratings
+from personalens.profiling import summarize_history
+
+pytestmark = pytest.mark.slow
+
+SCI_FI_FAN = (
+    "This viewer loves science fiction and action: space adventures, dystopian futures, time travel and tense "
+    "thrillers. They dislike romantic comedies, musicals and sentimental love stories."
+)
+
+
+def test_persona_from_a_real_history(local_llm):
+    dataset = load_demo_dataset()
+    history, held_out = dataset.history("demo").split_last(8)
+    persona = summarize_history(local_llm, history.interactions, dataset.items, max_words=80)
+    words = persona.text.split()
+    assert 15 <= len(words) <= 80
+    assert persona.usage.completion_tokens > 10 and persona.usage.prompt_tokens > 100
+    held_titles = [dataset.item(x.item_id).title for x in held_out]
+    assert not any(t.lower() in persona.text.lower() for t in held_titles)
+
+
+def test_probability_scoring_orders_obvious_items(local_llm):
+    dataset = load_demo_dataset()
+    by_title = {item.title: item for item in dataset.items.values()}
+    liked = [by_title["The Matrix (1999)"], by_title["Terminator 2: Judgment Day (1991)"]]
+    disliked = [by_title["The Notebook (2004)"], by_title["Mamma Mia! (2008)"]]
+    predictions, usage = predict_ratings(local_llm, SCI_FI_FAN, liked + disliked)
+    expected = [p.expected for p in predictions]
+    assert min(expected[:2]) > max(expected[2:]), expected
+    assert all(p.scores.mass > 0.9 for p in predictions)  # the model answers with a digit
+    assert usage.cached_prompt_tokens > 0  # the persona prefix was reused across items
+
+
+def test_schema_constrained_json(local_llm):
+    schema = {
+        "type": "object",
+        "properties": {
+            "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+            "genre": {"type": "string", "enum": ["sci-fi", "romance", "musical"]},
+        },
+        "required": ["rating", "genre"],
+        "additionalProperties": False,
+    }
+    answer = generate_json(
+        local_llm,
+        f"{SCI_FI_FAN}\nRate the film Alien for this viewer and name its genre.",
+        schema,
+        max_tokens=40,
+    )
+    assert answer.value["rating"] in range(1, 6) and answer.value["genre"] in ("sci-fi", "romance", "musical")
+
+
+def test_openai_client_against_llama_cpp_server_on_loopback(local_llm):
+    base_url = local_llm.base_url
+    assert base_url.startswith("http://127.0.0.1:")
+    remote = OpenAICompatibleModel(base_url, "qwen", timeout=300)
+    try:
+        text = remote.chat(ChatRequest.of("Reply with the single word: ready", max_tokens=5)).text
+        assert "ready" in text.lower()
+        msgs = [user(f"{SCI_FI_FAN}\nRate the film Interstellar from 1 to 5.")]
+        over_http = score_rating(remote, msgs, prefill="Rating: ")
+        in_process = score_rating(local_llm, msgs, prefill="Rating: ")
+        assert over_http.expectation == pytest.approx(in_process.expectation, abs=0.05)
+        assert over_http.mass > 0.9
+    finally:
+        remote.close()
+
+
+def test_minilm_embedder_is_real():
+    embedder = MiniLMEmbedder()
+    assert embedder.dim == 384
+    v = embedder.embed(["The Matrix; sci-fi action", "Blade Runner; sci-fi thriller", "The Notebook; romance drama"])
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2])
+
+
+def test_cli_demo_runs_offline(tmp_path):
+    """The README's main job, in a fresh process with no network (when the machine lets us drop it)."""
+    command = [sys.executable, "-m", "personalens.cli", "--json", "--no-cache", "demo", "--holdout", "4"]
+    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
+        command = ["unshare", "-n", *command]
+    env = dict(os.environ, PERSONALENS_CACHE_DIR=os.environ.get("PERSONALENS_CACHE_DIR", ""))
+    if not env["PERSONALENS_CACHE_DIR"]:
+        env.pop("PERSONALENS_CACHE_DIR")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert len(result["predictions"]) == 4 and len(result["persona"].split()) >= 15
+    assert result["usage"]["calls"] == 5 and result["usage"]["completion_tokens"] > 0
