@@ -167,6 +167,8 @@ def main() -> None:
             "auc_own_persona": round(roc_auc(labels, [p.expected for p in own]), 3),
             "auc_other_users_persona": round(roc_auc(labels, [p.expected for p in swapped]), 3),
             "auc_no_persona": round(roc_auc(labels, [p.expected for p in blank]), 3),
+            # what the persona adds over the model's prior about the item: E[r | persona] - E[r | no persona]
+            "auc_persona_lift": round(roc_auc(labels, [p.expected - b.expected for p, b in zip(own, blank)]), 3),
             "mean_mass": round(float(np.mean([p.scores.mass for p in own])), 3),
         }
         rows.append(row)
@@ -178,7 +180,7 @@ def main() -> None:
     results["auc_per_user"] = rows
     results["auc_mean"] = {
         k: round(float(np.mean([r[k] for r in rows])), 3)
-        for k in ("auc_own_persona", "auc_other_users_persona", "auc_no_persona")
+        for k in ("auc_own_persona", "auc_other_users_persona", "auc_no_persona", "auc_persona_lift")
     }
     results["auc_pooled_own_persona"] = round(roc_auc(all_labels, all_own), 3)
 

@@ -74,3 +74,10 @@ class LLMOutputError(LLMError):
 
 class BudgetExceeded(LLMError):
     """A usage cap (tokens, calls or seconds) set on the run would be exceeded by the next call."""
+
+
+class StoreError(PersonaLensError):
+    """The persona store refused an input, found its file unusable (e.g. a newer schema), or a write failed.
+
+    A refused input is reported before anything is written; a failed write leaves the store unchanged.
+    """

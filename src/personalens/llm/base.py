@@ -142,6 +142,16 @@ class Usage:
             self.seconds + other.seconds,
         )
 
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens - other.prompt_tokens,
+            self.completion_tokens - other.completion_tokens,
+            self.cached_prompt_tokens - other.cached_prompt_tokens,
+            self.calls - other.calls,
+            self.cache_hits - other.cache_hits,
+            self.seconds - other.seconds,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["total_tokens"] = self.total_tokens

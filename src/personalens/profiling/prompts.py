@@ -67,3 +67,44 @@ def rating_question(
     )
     title = item_title.replace('"', "'")
     return [user(text)], f'{{"item": "{title}", "rating": '
+
+
+UNKNOWN_PROFILE = "Nothing is known about this person yet."
+
+
+def pairwise_choice(profile: str, first: str, second: str, *, domain: str = "movies") -> tuple[list[Message], str]:
+    """Ask which of two items the profiled person would pick; the answer is pre-filled up to the letter."""
+    text = (
+        f"Profile of a person's taste in {domain}:\n{profile.strip()}\n\n"
+        "The person is offered two items and picks the one they would enjoy more. Judge only by the profile, "
+        "not by which item is listed first or has the longer description.\n\n"
+        f"A: {first}\nB: {second}\n\nWhich item does the person pick? Answer with A or B."
+    )
+    return [user(text)], "Answer: "
+
+
+def reflect_on_choice(
+    profile: str,
+    chosen: str,
+    rejected: str,
+    *,
+    predicted_wrong: bool,
+    domain: str = "movies",
+    max_words: int = 120,
+) -> list[Message]:
+    """Ask for an updated profile that explains a real choice the current profile did not (or could not) predict."""
+    situation = (
+        "The profile predicted the other item, so it is missing or misstating something."
+        if predicted_wrong
+        else "The profile did not contain enough to explain this choice."
+    )
+    text = (
+        f"Current profile of a person's taste in {domain}:\n{profile.strip()}\n\n"
+        f"Offered two items, the person picked:\n- {chosen}\nand passed over:\n- {rejected}\n"
+        f"{situation}\n\n"
+        "Rewrite the profile so that it explains this choice while keeping what earlier choices showed. "
+        "Describe tastes (genres, themes, moods, styles), not individual titles, and do not name either item. "
+        f"Write in the third person, at most {max_words} words, as one paragraph of plain text. "
+        "Reply with the updated profile only."
+    )
+    return [user(text)]

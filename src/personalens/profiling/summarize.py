@@ -39,7 +39,8 @@ def bound_words(text: str, max_words: int) -> tuple[str, bool]:
     return clipped.strip(), True
 
 
-def _clean(text: str) -> str:
+def clean_persona_text(text: str) -> str:
+    """Strip quotes, a leading "Profile:"/"Persona:" label and extra whitespace from a model's persona answer."""
     text = text.strip().strip('"').strip()
     text = re.sub(r"^(?:\*\*)?(?:profile|persona)(?:\*\*)?\s*:\s*", "", text, flags=re.IGNORECASE)
     return " ".join(text.split())
@@ -81,13 +82,23 @@ def summarize_history(
         temperature=0.0,
     )
     result = model.chat(request)
-    text = _clean(result.text)
+    text = clean_persona_text(result.text)
     if len(text.split()) < 5:
         raise LLMOutputError(f"the persona answer is empty or too short: {result.text!r}", raw=[result.text])
     text, truncated = bound_words(text, max_words)
-    lowered = text.lower()
-    leaked = tuple(t for t in dict.fromkeys(titles) if _bare_title(t) and _bare_title(t) in lowered)
+    leaked = find_leaked_titles(text, titles)
     return Persona(text, result.usage, tuple(x.item_id for x in chosen), leaked, truncated)
+
+
+def find_leaked_titles(text: str, titles: Sequence[str]) -> tuple[str, ...]:
+    """The titles (without their year) that ``text`` names; a persona should describe tastes, not list items."""
+    lowered = text.lower()
+    found = []
+    for title in dict.fromkeys(titles):
+        bare = _bare_title(title)
+        if bare and re.search(r"(?<!\w)" + re.escape(bare) + r"(?!\w)", lowered):
+            found.append(title)
+    return tuple(found)
 
 
 def _bare_title(title: str) -> str:
