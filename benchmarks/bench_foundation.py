@@ -168,7 +168,9 @@ def main() -> None:
             "auc_other_users_persona": round(roc_auc(labels, [p.expected for p in swapped]), 3),
             "auc_no_persona": round(roc_auc(labels, [p.expected for p in blank]), 3),
             # what the persona adds over the model's prior about the item: E[r | persona] - E[r | no persona]
-            "auc_persona_lift": round(roc_auc(labels, [p.expected - b.expected for p, b in zip(own, blank)]), 3),
+            "auc_persona_lift": round(
+                roc_auc(labels, [p.expected - b.expected for p, b in zip(own, blank, strict=True)]), 3
+            ),
             "mean_mass": round(float(np.mean([p.scores.mass for p in own])), 3),
         }
         rows.append(row)
