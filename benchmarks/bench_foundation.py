@@ -115,6 +115,9 @@ def main() -> None:
     parser.add_argument("--max-history", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench-results/foundation.json"))
+    parser.add_argument(
+        "--speed-only", action="store_true", help="only the speed figures (scoring cost on the first user's items)"
+    )
     args = parser.parse_args()
 
     results: dict[str, object] = {"command": " ".join(sys.argv)}
@@ -135,6 +138,8 @@ def main() -> None:
     users = pick_users(dataset, args.users, args.held_out, min_history=20, seed=args.seed)
     if len(users) < args.users:
         raise SystemExit(f"only {len(users)} users qualify")
+    if args.speed_only:
+        users = users[:1]
     per_user, personas = [], {}
     for n, (user_id, history, held) in enumerate(users, 1):
         labelled = [
@@ -151,9 +156,13 @@ def main() -> None:
         per_user.append((user_id, held, persona, len(history)))
     results["persona_seconds_median"] = round(statistics.median(p.usage.seconds for _, _, p, _ in per_user), 1)
 
-    rows = []
+    rows: list[dict[str, object]] = []
+    if args.speed_only:
+        per_user_for_auc = []
+    else:
+        per_user_for_auc = per_user
     all_labels, all_own, all_other, all_none = [], [], [], []
-    for i, (user_id, held, persona, history_len) in enumerate(per_user):
+    for i, (user_id, held, persona, history_len) in enumerate(per_user_for_auc):
         other = per_user[(i + 1) % len(per_user)][2]
         items = [dataset.item(x.item_id) for x in held]
         labels = [x.rating >= 4 for x in held]
@@ -179,12 +188,13 @@ def main() -> None:
         all_other += [p.expected for p in swapped]
         all_none += [p.expected for p in blank]
         log(f"user {user_id}: {row}")
-    results["auc_per_user"] = rows
-    results["auc_mean"] = {
-        k: round(float(np.mean([r[k] for r in rows])), 3)
-        for k in ("auc_own_persona", "auc_other_users_persona", "auc_no_persona", "auc_persona_lift")
-    }
-    results["auc_pooled_own_persona"] = round(roc_auc(all_labels, all_own), 3)
+    if rows:
+        results["auc_per_user"] = rows
+        results["auc_mean"] = {
+            k: round(float(np.mean([r[k] for r in rows])), 3)  # type: ignore[arg-type]
+            for k in ("auc_own_persona", "auc_other_users_persona", "auc_no_persona", "auc_persona_lift")
+        }
+        results["auc_pooled_own_persona"] = round(roc_auc(all_labels, all_own), 3)
 
     first_items = [dataset.item(x.item_id) for x in per_user[0][1][:8]]
     results["scoring_cost"] = scoring_cost(model, per_user[0][2].text, first_items, repeats=2)

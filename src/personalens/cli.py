@@ -88,14 +88,78 @@ def demo(
         Path | None,
         typer.Option(help="A MovieLens directory (ratings.csv + movies.csv); default: the bundled demo user."),
     ] = None,
+    users: Annotated[int, typer.Option(help="How many users to build.")] = 3,
+    min_ratings: Annotated[int, typer.Option(help="Only users with at least this many ratings.")] = 200,
+    store_path: StoreOpt = None,
+) -> None:
+    """The main job on a small sample: PersonaX offline build (one persona per behaviour cluster, stored and
+    versioned), then online retrieval of the persona that fits each user's held-out last item (no LLM call), and
+    that item's rating predicted from the retrieved persona. A second run is served from the store."""
+    from personalens.demo import run_personax_demo
+    from personalens.factory import build_chat_model, build_embedder
+    from personalens.jobs import BuildConfig, PersonaXBuilder
+    from personalens.selection import PersonaXSelector
+
+    dataset = _dataset(data, "movielens")
+    user_ids = [h.user_id for h in dataset.histories(min_length=min_ratings)][:users]
+    if not user_ids:  # the bundled demo user has 32 ratings
+        user_ids = [h.user_id for h in dataset.histories()][:users]
+    model = build_chat_model(state.settings)
+    embedder = build_embedder(state.settings)
+    store_file = store_path or Path(state.settings.store)
+    with _store(store_file) as store, _progress() as progress:
+        task = progress.add_task("building personas", total=len(user_ids))
+
+        def on_event(kind: str, user_id: str, payload: dict[str, Any]) -> None:
+            if kind == "selected":
+                progress.update(task, description=f"user {user_id}: {payload['clusters']} clusters")
+            elif kind == "persona":
+                progress.update(task, description=f"user {user_id}: persona {payload['cluster'] + 1}/{payload['of']}")
+            elif kind == "user":
+                progress.update(task, advance=1, description=f"user {user_id}: {payload['status']}")
+
+        builder = PersonaXBuilder(model, embedder, PersonaXSelector(), store, BuildConfig(holdout=1), on_event=on_event)
+        report, rows = run_personax_demo(builder, dataset, user_ids)
+    model.close()
+    if state.json:
+        _emit({"build": report.to_json(), "retrievals": [r.to_json() for r in rows], "store": str(store_file)})
+        return
+    summary = report.to_json()
+    out.print(
+        f"[bold]PersonaX build[/] on {dataset.name}: {summary['built']} users built, {summary['cached']} served from "
+        f"{store_file}, {summary['failed']} failed; {summary['personas']} personas; {report.usage.describe()}"
+    )
+    for r in rows:
+        out.print(
+            f"\n[bold]user {r.user_id}[/] ({r.n_personas} personas) — held-out target: {r.target_title} "
+            f"(rated {r.actual:g})"
+        )
+        out.print(f"retrieved cluster {r.cluster} (cosine {r.cosine:.3f}), no LLM call:", style="dim")
+        out.print(r.persona, soft_wrap=True)
+        out.print(f"predicted rating from this persona: {r.predicted:.2f}")
+    for user_id, error in summary["failures"].items():
+        err.print(f"[red]user {user_id}:[/] {error}")
+    out.print(
+        f"\nnext: personalens personas {rows[0].user_id if rows else 'USER'} --store {store_file} | "
+        f"personalens plot USER --data ... --store {store_file}",
+        style="dim",
+    )
+
+
+@app.command()
+def predict(
+    data: Annotated[
+        Path | None,
+        typer.Option(help="A MovieLens directory (ratings.csv + movies.csv); default: the bundled demo user."),
+    ] = None,
     user: Annotated[str | None, typer.Option(help="User id in that data (default: the first user).")] = None,
     holdout: Annotated[int, typer.Option(help="How many of the user's last ratings to hold out and predict.")] = 8,
     max_history: Annotated[
         int, typer.Option(help="How many of the remaining ratings the persona is written from.")
     ] = 40,
 ) -> None:
-    """Write a persona for one user with the LLM and predict their held-out ratings from it."""
-    from personalens.demo import load_demo_dataset, run_demo
+    """Write one persona for a user from their history and predict their held-out ratings from it."""
+    from personalens.demo import load_demo_dataset, run_rating_demo
     from personalens.factory import build_chat_model
 
     dataset = load_demo_dataset(data)
@@ -108,7 +172,7 @@ def demo(
             def on_item(index: int, _prediction: object) -> None:
                 progress.update(task, description=f"user {user_id}: scoring held-out items", completed=index + 1)
 
-            result = run_demo(model, dataset, user_id, holdout=holdout, max_history=max_history, on_item=on_item)
+            result = run_rating_demo(model, dataset, user_id, holdout=holdout, max_history=max_history, on_item=on_item)
     finally:
         model.close()
     if state.json:
@@ -224,6 +288,306 @@ def serve_llm(
             time.sleep(3600)
     except KeyboardInterrupt:
         model.close()
+
+
+def _store(path: Path | None = None):  # type: ignore[no-untyped-def]
+    from personalens.store import PersonaStore
+
+    return PersonaStore(path or Path(state.settings.store))
+
+
+def _selector(
+    clusters: int | None, tau: float | None, quantile: float | None, alpha: float, ratio: float, linkage: str
+):
+    from personalens.selection import PersonaXSelector
+
+    chosen = [x is not None for x in (clusters, tau, quantile)]
+    if sum(chosen) > 1:
+        raise typer.BadParameter("give at most one of --clusters, --tau, --quantile")
+    if tau is not None:
+        rule, value = "distance", tau
+    elif quantile is not None:
+        rule, value = "quantile", quantile
+    else:
+        rule, value = "n_clusters", clusters if clusters is not None else "auto"
+    return PersonaXSelector(linkage=linkage, threshold_rule=rule, threshold=value, alpha=alpha, ratio=ratio)
+
+
+DataOpt = Annotated[Path | None, typer.Option("--data", help="Dataset directory or file (default: the bundled demo).")]
+FormatOpt = Annotated[str, typer.Option("--format", help="movielens | personax | recbole")]
+StoreOpt = Annotated[
+    Path | None, typer.Option("--store", help="Persona store file (default: settings, personas.sqlite).")
+]
+
+
+def _dataset(data: Path | None, fmt: str, name: str | None = None):  # type: ignore[no-untyped-def]
+    from personalens.data.summary import load_dataset
+    from personalens.demo import bundled_demo_dir
+
+    return load_dataset(data or bundled_demo_dir(), fmt, name=name)
+
+
+@app.command()
+def build(
+    data: DataOpt = None,
+    fmt: FormatOpt = "movielens",
+    name: Annotated[str | None, typer.Option(help="RecBole dataset name.")] = None,
+    user: Annotated[list[str] | None, typer.Option("--user", help="Build only these users (repeatable).")] = None,
+    users: Annotated[int | None, typer.Option(help="Build at most this many users (in dataset order).")] = None,
+    min_ratings: Annotated[int, typer.Option(help="Skip users with fewer interactions.")] = 1,
+    method: Annotated[str, typer.Option(help="summarize (Agent4Rec style) or reflect (AgentCF style).")] = "summarize",
+    clusters: Annotated[
+        int | None, typer.Option(help="Target number of clusters m per user (default: ⌈√(n/8)⌉).")
+    ] = None,
+    tau: Annotated[float | None, typer.Option(help="Absolute distance threshold τ instead of a cluster count.")] = None,
+    quantile: Annotated[float | None, typer.Option(help="τ = this quantile of the user's pairwise distances.")] = None,
+    alpha: Annotated[float, typer.Option(help="α: 1.001 ≈ centroid, 1.4 ≈ boundary selection.")] = 1.06,
+    ratio: Annotated[float, typer.Option(help="Selection ratio k/n.")] = 0.5,
+    linkage: Annotated[str, typer.Option(help="complete (every intra-cluster distance < τ) or ward.")] = "complete",
+    max_words: Annotated[int, typer.Option(help="Persona length bound in words.")] = 100,
+    holdout: Annotated[int, typer.Option(help="Leave each user's last N interactions out (for evaluation).")] = 0,
+    store_path: StoreOpt = None,
+    run_id: Annotated[str | None, typer.Option(help="Name of the run (to resume it by name).")] = None,
+) -> None:
+    """PersonaX offline build: cluster each user's liked behaviours, select a sub-sequence per cluster, write one
+    persona per cluster and store the set. Resumable: users whose exact configuration is stored are skipped."""
+    from personalens.factory import build_chat_model, build_embedder
+    from personalens.jobs import BuildConfig, PersonaXBuilder
+
+    dataset = _dataset(data, fmt, name)
+    if user:
+        user_ids = [str(u) for u in user]
+        for u in user_ids:
+            dataset.history(u)  # unknown users fail before any work
+    else:
+        user_ids = [h.user_id for h in dataset.histories(min_length=min_ratings)]
+    if users is not None:
+        user_ids = user_ids[:users]
+    if not user_ids:
+        raise typer.BadParameter(f"no user in {dataset.name} has at least {min_ratings} interactions")
+    config = BuildConfig(method=method, max_words=max_words, holdout=holdout)  # type: ignore[arg-type]
+    selector = _selector(clusters, tau, quantile, alpha, ratio, linkage)
+    model = build_chat_model(state.settings)
+    embedder = build_embedder(state.settings)
+    with _store(store_path) as store, _progress() as progress:
+        task = progress.add_task("building personas", total=len(user_ids))
+        counts = {"built": 0, "cached": 0, "failed": 0}
+
+        def on_event(kind: str, user_id: str, payload: dict[str, Any]) -> None:
+            if kind == "selected":
+                progress.update(task, description=f"user {user_id}: {payload['clusters']} clusters")
+            elif kind == "persona":
+                progress.update(task, description=f"user {user_id}: persona {payload['cluster'] + 1}/{payload['of']}")
+            elif kind == "user":
+                counts[payload["status"]] += 1
+                progress.update(
+                    task,
+                    advance=1,
+                    description=f"built {counts['built']}, cached {counts['cached']}, failed {counts['failed']}",
+                )
+
+        builder = PersonaXBuilder(model, embedder, selector, store, config, on_event=on_event)
+        report = builder.run(dataset, user_ids, run_id=run_id)
+    model.close()
+    summary = report.to_json() | {"store": str(store_path or state.settings.store), "model": model.model_id}
+    if state.json:
+        _emit(summary)
+        return
+    out.print(
+        f"{summary['users']} users: {summary['built']} built, {summary['cached']} already stored (skipped), "
+        f"{summary['failed']} failed; {summary['personas']} personas in {summary['store']}"
+    )
+    out.print(f"usage: {report.usage.describe()}; wall time {report.seconds:.1f} s (run {report.run_id})")
+    for user_id, error in summary["failures"].items():
+        err.print(f"[red]user {user_id}:[/] {error}")
+    if report.stopped:
+        err.print(f"[yellow]stopped early:[/] {report.stopped}; run again to continue")
+
+
+@app.command()
+def personas(
+    user: Annotated[str, typer.Argument(help="User id.")],
+    version: Annotated[int | None, typer.Option(help="Show this version instead of the current one.")] = None,
+    versions: Annotated[bool, typer.Option("--versions", help="List all versions.")] = False,
+    diff: Annotated[tuple[int, int] | None, typer.Option(help="Diff two versions: --diff 1 2.")] = None,
+    rollback: Annotated[int | None, typer.Option(help="Make a new current version copying this one.")] = None,
+    delete: Annotated[bool, typer.Option("--delete", help="Delete the user and all their data.")] = False,
+    store_path: StoreOpt = None,
+) -> None:
+    """Show a user's personas, list their versions, diff two versions, roll back, or delete the user."""
+    from dataclasses import asdict
+
+    with _store(store_path) as store:
+        if delete:
+            removed = store.delete_user(user)
+            _emit({"user": user, "deleted_rows": removed}) if state.json else out.print(f"deleted {removed} rows")
+            return
+        if versions:
+            rows = [asdict(v) for v in store.versions(user)]
+            if not rows:
+                raise typer.BadParameter(f"no personas stored for user {user!r}")
+            if state.json:
+                _emit(rows)
+                return
+            table = Table("version", "parent", "creator", "method", "personas", "config", "created", "current")
+            for r in rows:
+                table.add_row(
+                    str(r["version"]),
+                    str(r["parent_version"] or ""),
+                    r["creator"],
+                    r["method"],
+                    str(r["n_personas"]),
+                    r["config_hash"][:12],
+                    _when(r["created_at"]),
+                    "*" if r["is_current"] else "",
+                )
+            out.print(table)
+            return
+        if diff is not None:
+            d = store.diff(user, diff[0], diff[1])
+            if state.json:
+                _emit(d.to_dict())
+                return
+            _print_diff(d)
+            return
+        if rollback is not None:
+            s = store.rollback(user, rollback)
+            _emit({"user": user, "version": s.version, "copied_from": rollback}) if state.json else out.print(
+                f"user {user}: version {s.version} is now current (a copy of version {rollback})"
+            )
+            return
+        s = store.get(user, version) if version is not None else store.current(user)
+        if s is None:
+            raise typer.BadParameter(
+                f"no personas stored for user {user!r}" + (f" at version {version}" if version else "")
+            )
+        if state.json:
+            _emit(
+                {
+                    "user": s.user_id,
+                    "version": s.version,
+                    "method": s.method,
+                    "config_hash": s.config_hash,
+                    "personas": [
+                        {
+                            "cluster": p.cluster,
+                            "text": p.text,
+                            "cluster_size": p.cluster_size,
+                            "budget": p.budget,
+                            "selected_item_ids": list(p.selected_item_ids),
+                            "meta": p.meta,
+                        }
+                        for p in s.personas
+                    ],
+                }
+            )
+            return
+        out.print(
+            f"[bold]user {s.user_id}[/], version {s.version} ({s.method}, {len(s.personas)} personas, "
+            f"config {s.config_hash[:12]})"
+        )
+        for p in s.personas:
+            out.print(f"\n[bold]cluster {p.cluster}[/] — {p.cluster_size} behaviours, {p.budget} selected")
+            out.print(p.text, soft_wrap=True)
+
+
+def _when(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+def _print_diff(d: Any) -> None:
+    data = d.to_dict()
+    out.print(f"user {data['user_id']}: version {data['from_version']} → {data['to_version']}")
+    for key in ("added", "removed", "unchanged"):
+        if data.get(key):
+            out.print(f"{key}: clusters {data[key]}")
+    for change in data.get("changed", []):
+        out.print(f"[bold]cluster {change['cluster']}[/] changed ({', '.join(change['fields'])})")
+        if change.get("text_diff"):
+            out.print(change["text_diff"], markup=False, highlight=False)
+    for c in data.get("config", []):
+        out.print(f"config {c['key']}: {c['old']!r} → {c['new']!r}")
+
+
+@app.command()
+def retrieve(
+    user: Annotated[str, typer.Argument(help="User id.")],
+    item: Annotated[str | None, typer.Option(help="Target item id in --data.")] = None,
+    text: Annotated[str | None, typer.Option(help="Target item described as text.")] = None,
+    data: DataOpt = None,
+    fmt: FormatOpt = "movielens",
+    k: Annotated[int, typer.Option(help="How many personas to return.")] = 1,
+    store_path: StoreOpt = None,
+) -> None:
+    """The user's persona(s) that best fit a target item, by cosine to the cluster centroids. No LLM call."""
+    from personalens.factory import build_embedder
+    from personalens.retrieval import PersonaIndex
+
+    if (item is None) == (text is None):
+        raise typer.BadParameter("give exactly one of --item or --text")
+    with _store(store_path) as store:
+        persona_set = store.current(user)
+        if persona_set is None:
+            raise typer.BadParameter(f"no personas stored for user {user!r}; run `personalens build` first")
+        fields = tuple(persona_set.config.get("build", {}).get("item_fields", ("genres",)))
+        target_text = text if text is not None else _dataset(data, fmt).item(str(item)).text(fields)
+        index = PersonaIndex(embedder_id=persona_set.embedder_id)
+        index.add(persona_set)
+    embedder = build_embedder(state.settings)
+    if embedder.model_id != persona_set.embedder_id:
+        raise typer.BadParameter(
+            f"the personas were built with embedder {persona_set.embedder_id}, not {embedder.model_id}"
+        )
+    found = index.retrieve(user, embedder.embed([target_text])[0], k=k)
+    if state.json:
+        _emit({"user": user, "target": target_text, "personas": [r._asdict() for r in found]})
+        return
+    out.print(f"target: {target_text}")
+    for r in found:
+        out.print(f"\n[bold]#{r.rank + 1} cluster {r.cluster}[/] (cosine {r.score:.3f}, version {r.version})")
+        out.print(r.text, soft_wrap=True)
+
+
+@app.command()
+def plot(
+    user: Annotated[str, typer.Argument(help="User id.")],
+    output: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("personax-selection.png"),
+    data: DataOpt = None,
+    fmt: FormatOpt = "movielens",
+    store_path: StoreOpt = None,
+) -> None:
+    """Draw the user's behaviours in 2-D with clusters, centroids, selected vs unselected points and budgets
+    (like the PersonaX paper's Figures 1 and 5), recomputed with the stored set's selection settings."""
+    from personalens.factory import build_embedder
+    from personalens.jobs import BuildConfig, behaviour_times, split_history
+    from personalens.plotting import plot_selection
+    from personalens.selection import PersonaXSelector
+
+    dataset = _dataset(data, fmt)
+    with _store(store_path) as store:
+        persona_set = store.current(user)
+    if persona_set is None:
+        raise typer.BadParameter(f"no personas stored for user {user!r}; run `personalens build` first")
+    params = {k: v for k, v in persona_set.config["selector"].items() if k not in ("method", "version", "budget")}
+    selector = PersonaXSelector(**params)
+    build_cfg = BuildConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in persona_set.config["build"].items()}
+    )
+    embedder = build_embedder(state.settings)
+    _, liked, _ = split_history(dataset, user, build_cfg)
+    embeddings = embedder.embed([dataset.item(x.item_id).text(build_cfg.item_fields) for x in liked])
+    selection = selector.select(embeddings, behaviour_times(liked))
+    titles = [dataset.item(x.item_id).title for x in liked]
+    path = plot_selection(
+        embeddings,
+        selection,
+        output,
+        labels=titles,
+        title=f"user {user}: {len(liked)} liked behaviours, {selection.n_clusters} clusters",
+    )
+    _emit({"user": user, "png": str(path)}) if state.json else out.print(f"wrote {path}")
 
 
 @models_app.command("fetch")

@@ -1,12 +1,10 @@
-"""The end-to-end demo: load one user, write a persona from their history with the LLM, predict held-out ratings.
-
-This is the library call behind ``personalens demo``; it shows the whole foundation working on one real user.
-"""
+"""End-to-end demos behind ``personalens demo`` (the PersonaX flow) and ``personalens predict`` (one persona from a
+history, then held-out ratings predicted from it)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -14,9 +12,11 @@ from typing import Any
 
 from personalens.data import Dataset, load_movielens
 from personalens.evaluation.metrics import roc_auc
+from personalens.jobs import BuildReport, PersonaXBuilder
 from personalens.llm.base import ChatModel, Usage
 from personalens.prediction import RatingPrediction, predict_ratings
 from personalens.profiling import Persona, summarize_history
+from personalens.retrieval import PersonaIndex
 
 
 def bundled_demo_dir() -> Path:
@@ -47,7 +47,7 @@ class DemoResult:
         }
 
 
-def run_demo(
+def run_rating_demo(
     model: ChatModel,
     dataset: Dataset,
     user_id: str,
@@ -84,3 +84,67 @@ def run_demo(
 
 def load_demo_dataset(directory: Path | None = None) -> Dataset:
     return load_movielens(directory or bundled_demo_dir())
+
+
+@dataclass(slots=True)
+class PersonaXDemoRow:
+    user_id: str
+    target_title: str
+    actual: float | None
+    cluster: int
+    cosine: float
+    persona: str
+    predicted: float
+    n_personas: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "target": self.target_title,
+            "actual_rating": self.actual,
+            "retrieved_cluster": self.cluster,
+            "cosine": round(self.cosine, 4),
+            "persona": self.persona,
+            "predicted_rating": round(self.predicted, 3),
+            "personas_stored": self.n_personas,
+        }
+
+
+def run_personax_demo(
+    builder: PersonaXBuilder,
+    dataset: Dataset,
+    user_ids: Sequence[str],
+) -> tuple[BuildReport, list[PersonaXDemoRow]]:
+    """The PersonaX flow on a few users: build every user's personas offline with their last interaction held out,
+    then, for that held-out target, retrieve the persona whose cluster centroid is nearest (no LLM call) and
+    predict the target's rating from it by probability scoring."""
+    if builder.config.holdout < 1:
+        raise ValueError("the demo needs holdout >= 1 so the target is not in the build")
+    report = builder.run(dataset, user_ids)
+    fields = builder.config.item_fields
+    index = PersonaIndex(embedder_id=builder.embedder.model_id)
+    rows = []
+    for outcome in report.outcomes:
+        if outcome.status == "failed":
+            continue
+        persona_set = builder.store.current(outcome.user_id)
+        if persona_set is None:
+            continue
+        index.add(persona_set)
+        target = dataset.history(outcome.user_id).interactions[-builder.config.holdout]
+        item = dataset.item(target.item_id)
+        found = index.retrieve(outcome.user_id, builder.embedder.embed([item.text(fields)])[0], k=1)[0]
+        predictions, _ = predict_ratings(builder.model, found.text, [item], item_fields=fields)
+        rows.append(
+            PersonaXDemoRow(
+                outcome.user_id,
+                item.title,
+                target.rating,
+                found.cluster,
+                float(found.score),
+                found.text,
+                predictions[0].expected,
+                len(persona_set.personas),
+            )
+        )
+    return report, rows

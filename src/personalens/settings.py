@@ -75,6 +75,7 @@ class Settings:
     llm: LLMSettings = field(default_factory=LLMSettings)
     embed: EmbedSettings = field(default_factory=EmbedSettings)
     cache_dir: str = ""
+    store: str = "personas.sqlite"  # the persona store (SQLite file), relative to the working directory
     seed: int = 0
 
     @property
@@ -168,7 +169,7 @@ def load_settings(
         head, _, tail = rest.partition("_")
         if head in sections and tail:
             from_env.setdefault(sections[head], {})[tail.lower()] = value
-        elif rest in ("CACHE_DIR", "SEED"):
+        elif rest in ("CACHE_DIR", "SEED", "STORE"):
             from_env[rest.lower()] = value
     _apply(settings, from_env, "environment")
     if overrides:

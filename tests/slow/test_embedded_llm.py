@@ -1,7 +1,6 @@
 """The real embedded LLM and embedder, and the OpenAI-compatible client against llama.cpp's own server on loopback."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -88,16 +87,42 @@ def test_minilm_embedder_is_real():
     assert float(v[0] @ v[1]) > float(v[0] @ v[2])
 
 
-def test_cli_demo_runs_offline(tmp_path):
-    """The README's main job, in a fresh process with no network (when the machine lets us drop it)."""
-    command = [sys.executable, "-m", "personalens.cli", "--json", "--no-cache", "demo", "--holdout", "4"]
+def _offline(command):
+    """Run ``command`` with no network when the machine lets us drop it (``unshare -n``)."""
     if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
-        command = ["unshare", "-n", *command]
-    env = dict(os.environ, PERSONALENS_CACHE_DIR=os.environ.get("PERSONALENS_CACHE_DIR", ""))
-    if not env["PERSONALENS_CACHE_DIR"]:
-        env.pop("PERSONALENS_CACHE_DIR")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+        return ["unshare", "-n", *command]
+    return command
+
+
+def _cli(*args, timeout=900):
+    done = subprocess.run(
+        _offline([sys.executable, "-m", "personalens.cli", "--json", *args]),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def test_cli_predict_runs_offline():
+    result = _cli("--no-cache", "predict", "--holdout", "4")
     assert len(result["predictions"]) == 4 and len(result["persona"].split()) >= 15
     assert result["usage"]["calls"] == 5 and result["usage"]["completion_tokens"] > 0
+
+
+def test_cli_personax_main_job_offline_then_instant_from_the_store(tmp_path):
+    """The README's main job on the bundled user: build, retrieve, predict; then a second run is served from the
+    store with no LLM call; then the selection plot."""
+    store = str(tmp_path / "personas.sqlite")
+    first = _cli("--no-cache", "demo", "--store", store)
+    assert first["build"]["built"] == 1 and first["build"]["personas"] >= 2
+    (row,) = first["retrievals"]
+    assert row["target"] == "Bridget Jones's Diary (2001)" and 1.0 <= row["predicted_rating"] <= 5.0
+    second = _cli("--no-cache", "demo", "--store", store)
+    assert second["build"]["cached"] == 1 and second["build"]["usage"]["calls"] == 0
+    assert second["retrievals"][0]["persona"] == row["persona"]
+    plot = _cli("plot", "demo", "--store", store, "--out", str(tmp_path / "sel.png"))
+    assert (tmp_path / "sel.png").stat().st_size > 10_000 and plot["png"].endswith("sel.png")
+    versions = _cli("personas", "demo", "--versions", "--store", store)
+    assert [v["version"] for v in versions] == [1]

@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from personalens.cli import app
-from personalens.demo import load_demo_dataset, run_demo
+from personalens.demo import load_demo_dataset, run_rating_demo
 from personalens.llm import ScriptedChatModel
 from personalens.profiling import bound_words, summarize_history
 
@@ -25,7 +25,7 @@ def _fake_model():
 def test_demo_holds_out_items_from_the_persona_prompt():
     dataset = load_demo_dataset()
     model = _fake_model()
-    result = run_demo(model, dataset, "demo", holdout=8)
+    result = run_rating_demo(model, dataset, "demo", holdout=8)
     persona_prompt = model.calls[0].messages[0].content
     history, held_out = dataset.history("demo").split_last(8)
     for x in held_out:

@@ -30,20 +30,32 @@ def _dataset_summary(dataset: Dataset) -> dict[str, Any]:
     }
 
 
+DATASET_FORMATS = ("movielens", "personax", "recbole")
+
+
+def load_dataset(path: Path, fmt: str = "movielens", *, name: str | None = None, strict: bool = True) -> Dataset:
+    """Load a behaviour dataset (users, items, interactions) in one of :data:`DATASET_FORMATS`."""
+    from personalens import data
+
+    if fmt == "movielens":
+        return data.load_movielens(path, strict=strict)
+    if fmt == "personax":
+        return data.load_personax_csv(path, strict=strict)
+    if fmt == "recbole":
+        if not name:
+            raise DataError("RecBole needs --name (the atomic files' stem, e.g. CDs)", path=path)
+        return data.load_recbole(path, name, strict=strict)
+    raise DataError(f"format {fmt!r} is not a behaviour dataset; use one of {', '.join(DATASET_FORMATS)}", path=path)
+
+
 def dataset_stats(path: Path, fmt: str, *, name: str | None = None, strict: bool = True) -> dict[str, Any]:
     """Load ``path`` as ``fmt`` with full validation and return its size. Raises :class:`DataError` on bad input."""
     from personalens import data
 
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}", path=path)
-    if fmt == "movielens":
-        return _dataset_summary(data.load_movielens(path, strict=strict))
-    if fmt == "personax":
-        return _dataset_summary(data.load_personax_csv(path, strict=strict))
-    if fmt == "recbole":
-        if not name:
-            raise DataError("RecBole needs --name (the atomic files' stem, e.g. CDs)", path=path)
-        return _dataset_summary(data.load_recbole(path, name, strict=strict))
+    if fmt in DATASET_FORMATS:
+        return _dataset_summary(load_dataset(path, fmt, name=name, strict=strict))
     if fmt == "deeper":
         rounds = data.load_deeper_iterations(path, strict=strict)
         return {

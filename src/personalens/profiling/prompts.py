@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from personalens.llm.base import Message, user
 
-PROMPTS_VERSION = "1"
+PROMPTS_VERSION = "2"
 
 
 def persona_from_history(
@@ -33,10 +33,16 @@ def persona_from_history(
     ]
     if disliked:
         lines += ["", f"{domain.capitalize()} they did not enjoy:", *(f"- {x}" for x in disliked)]
+    seek = (
+        "- Describe the genres, themes, moods and styles they seek out and the ones they avoid."
+        if disliked
+        else "- Describe the genres, themes, moods and styles they seek out. You were shown only what they "
+        "enjoyed, so do not guess what they avoid."
+    )
     lines += [
         "",
         "Rules for the profile:",
-        "- Describe the genres, themes, moods and styles they seek out and the ones they avoid.",
+        seek,
         "- Base every statement on the lists above; do not invent facts about the person's life.",
         "- Do not mention any title from the lists.",
         f"- Write in the third person, at most {max_words} words, as one paragraph of plain text.",

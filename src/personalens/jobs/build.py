@@ -1,0 +1,311 @@
+"""The PersonaX offline build: for each user, embed the liked behaviours, cluster them, allocate the sampling
+budget, select a sub-sequence per cluster, write one persona per cluster and store the set with its configuration.
+
+Resumable by construction: every user's set is saved in one transaction under a hash of everything that produced
+it (the user's data, the model, the embedder, the selector's hyper-parameters, the profiling method and the prompts
+version). A user whose current configuration hash is already stored is skipped, so a killed run resumes where it
+stopped, a finished run repeats instantly, and a cache is never reused after anything that matters changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from personalens.data.records import Dataset, History, Interaction
+from personalens.embed.base import Embedder
+from personalens.errors import BudgetExceeded, PersonaLensError
+from personalens.llm.base import ChatModel, Usage
+from personalens.profiling import PROMPTS_VERSION, reflect_profile, sample_negatives, summarize_history
+from personalens.selection import PersonaXSelector, Selection
+from personalens.store import Persona, PersonaSet, PersonaStore
+
+Method = Literal["summarize", "reflect"]
+
+
+@dataclass(frozen=True, slots=True)
+class BuildConfig:
+    """What a persona build does besides selection. Every field is part of the configuration hash.
+
+    Behaviours rated above ``like_above`` are likes and below ``dislike_below`` dislikes (PersonaX drops the middle
+    rating of a 1–5 scale); explicit labels win over ratings. ``holdout`` leaves each user's last N interactions out
+    of the build (for evaluation without leaking the target).
+    """
+
+    method: Method = "summarize"
+    domain: str = "movies"
+    max_words: int = 100
+    item_fields: tuple[str, ...] = ("genres",)
+    like_above: float = 3.0
+    dislike_below: float = 3.0
+    max_items_per_persona: int = 30
+    reflect_max_tries: int = 2
+    holdout: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in ("summarize", "reflect"):
+            raise ValueError(f"method must be summarize or reflect, not {self.method!r}")
+        if self.max_words < 20:
+            raise ValueError("max_words must be at least 20")
+        if self.holdout < 0:
+            raise ValueError("holdout must be >= 0")
+
+
+@dataclass(slots=True)
+class UserOutcome:
+    user_id: str
+    status: Literal["built", "cached", "failed"]
+    version: int | None = None
+    n_personas: int = 0
+    usage: Usage = field(default_factory=Usage)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class BuildReport:
+    run_id: str
+    outcomes: list[UserOutcome]
+    usage: Usage
+    seconds: float
+    stopped: str | None = None  # why the run ended early (a budget cap), if it did
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "users": len(self.outcomes),
+            "built": self.count("built"),
+            "cached": self.count("cached"),
+            "failed": self.count("failed"),
+            "personas": sum(o.n_personas for o in self.outcomes),
+            "usage": self.usage.to_dict(),
+            "seconds": round(self.seconds, 2),
+            "failures": {o.user_id: o.error for o in self.outcomes if o.status == "failed"},
+            "stopped": self.stopped,
+        }
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def history_fingerprint(history: Sequence[Interaction], item_text: Callable[[str], str]) -> str:
+    """sha256 of the behaviours and the item texts the build reads: any change in the data changes it."""
+    h = hashlib.sha256()
+    for x in history:
+        h.update(_canonical([x.item_id, x.rating, x.label, x.timestamp, item_text(x.item_id)]).encode())
+    return h.hexdigest()
+
+
+def split_history(
+    dataset: Dataset, user_id: str, config: BuildConfig
+) -> tuple[History, list[Interaction], list[Interaction]]:
+    """The user's history used for building (minus ``config.holdout``), its liked and its disliked behaviours."""
+    history = dataset.history(user_id)
+    if config.holdout:
+        history, _ = history.split_last(config.holdout)
+    liked, disliked = [], []
+    for x in history:
+        if x.label is not None:
+            (liked if x.label else disliked).append(x)
+        elif x.rating is None or x.rating > config.like_above:
+            liked.append(x)
+        elif x.rating < config.dislike_below:
+            disliked.append(x)
+    return history, liked, disliked
+
+
+def behaviour_times(behaviours: Sequence[Interaction]) -> np.ndarray:
+    """Timestamps for selection; the input order stands in where a behaviour has none."""
+    return np.array([x.timestamp if x.timestamp is not None else i for i, x in enumerate(behaviours)], dtype=float)
+
+
+class PersonaXBuilder:
+    """Builds and stores PersonaX persona sets. ``on_event(kind, user_id, payload)`` reports progress."""
+
+    def __init__(
+        self,
+        model: ChatModel,
+        embedder: Embedder,
+        selector: PersonaXSelector,
+        store: PersonaStore,
+        config: BuildConfig | None = None,
+        *,
+        on_event: Callable[[str, str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.embedder = embedder
+        self.selector = selector
+        self.store = store
+        self.config = config or BuildConfig()
+        self.on_event = on_event or (lambda kind, user, payload: None)
+
+    # ------------------------------------------------------------------ configuration
+    def run_config(self) -> dict[str, Any]:
+        """Everything except the data that determines a persona set."""
+        return {
+            "build": asdict(self.config),
+            "selector": self.selector.config(),
+            "model": self.model.model_id,
+            "embedder": self.embedder.model_id,
+            "prompts_version": PROMPTS_VERSION,
+        }
+
+    def user_config(self, dataset: Dataset, history: Sequence[Interaction]) -> tuple[dict[str, Any], str]:
+        fields = self.config.item_fields
+        config = self.run_config() | {
+            "dataset": dataset.name,
+            "data_sha256": history_fingerprint(history, lambda item_id: dataset.item(item_id).text(fields)),
+        }
+        return config, hashlib.sha256(_canonical(config).encode()).hexdigest()
+
+    # ------------------------------------------------------------------ one user
+    def build_user(self, dataset: Dataset, user_id: str) -> PersonaSet:
+        """Select, profile and store one user's persona set (always builds; :meth:`run` does the skipping)."""
+        history, liked, disliked = split_history(dataset, user_id, self.config)
+        if not liked:
+            raise PersonaLensError(f"user {user_id!r} has no liked behaviours to build personas from")
+        config, config_hash = self.user_config(dataset, history.interactions)
+        cfg = self.config
+        texts = [dataset.item(x.item_id).text(cfg.item_fields) for x in liked]
+        embeddings = self.embedder.embed(texts)
+        selection: Selection = self.selector.select(embeddings, behaviour_times(liked))
+        self.on_event("selected", user_id, {"clusters": len(selection.sizes), "selected": len(selection.selected)})
+        personas = []
+        seen = {x.item_id for x in history}
+        titles = [dataset.item(x.item_id).title for x in history]
+        for cluster, chosen in enumerate(selection.selected_by_cluster):
+            picked = [liked[i] for i in chosen][-cfg.max_items_per_persona :]
+            if cfg.method == "summarize":
+                persona = summarize_history(
+                    self.model,
+                    picked,
+                    dataset.items,
+                    domain=cfg.domain,
+                    max_words=cfg.max_words,
+                    max_items=cfg.max_items_per_persona,
+                    item_fields=cfg.item_fields,
+                )
+                meta: dict[str, Any] = {}
+            else:
+                negative_ids = sample_negatives(
+                    [x.item_id for x in picked],
+                    [x.item_id for x in disliked],
+                    dataset.items,
+                    seen,
+                    len(picked),
+                    seed=cfg.seed + cluster,
+                )
+                persona, trace = reflect_profile(
+                    self.model,
+                    [dataset.item(x.item_id) for x in picked],
+                    [dataset.item(i) for i in negative_ids],
+                    domain=cfg.domain,
+                    max_words=cfg.max_words,
+                    max_tries=cfg.reflect_max_tries,
+                    item_fields=cfg.item_fields,
+                    seed=cfg.seed + cluster,
+                    history_titles=titles,
+                )
+                meta = {
+                    "negatives": negative_ids,
+                    "pairs_right_before_rewrite": round(trace.accuracy_before, 3),
+                    "rewrites": sum(s.rewrites for s in trace.steps),
+                }
+            meta |= {
+                "usage": persona.usage.to_dict(),
+                "leaked_titles": list(persona.leaked_titles),
+                "truncated": persona.truncated,
+            }
+            personas.append(
+                Persona(
+                    cluster=cluster,
+                    text=persona.text,
+                    centroid=selection.centroids[cluster],
+                    selected_item_ids=tuple(x.item_id for x in picked),
+                    cluster_size=int(selection.sizes[cluster]),
+                    budget=int(selection.budgets[cluster]),
+                    embedding=None,
+                    meta=meta,
+                )
+            )
+            self.on_event("persona", user_id, {"cluster": cluster, "of": len(selection.sizes)})
+        persona_vectors = self.embedder.embed([p.text for p in personas])
+        personas = [_with_embedding(p, v) for p, v in zip(personas, persona_vectors, strict=True)]
+        return self.store.save(
+            user_id,
+            personas,
+            creator="personax-build",
+            method=cfg.method,
+            config=config,
+            config_hash=config_hash,
+            embedder_id=self.embedder.model_id,
+        )
+
+    # ------------------------------------------------------------------ many users
+    def run(self, dataset: Dataset, user_ids: Sequence[str], *, run_id: str | None = None) -> BuildReport:
+        """Build every user in ``user_ids`` that has no stored set for its current configuration.
+
+        A failure for one user is recorded (with its message) and the run goes on; nothing partial is stored. A
+        budget cap stops the run: the users not reached stay unbuilt and a later run picks them up.
+        """
+        run_id = run_id or uuid.uuid4().hex[:12]
+        started = time.perf_counter()
+        self.store.start_run(
+            run_id, hashlib.sha256(_canonical(self.run_config()).encode()).hexdigest(), self.run_config()
+        )
+        outcomes: list[UserOutcome] = []
+        total = Usage()
+        stopped = None
+        for user_id in user_ids:
+            t0 = time.perf_counter()
+            history, _, _ = split_history(dataset, user_id, self.config)
+            _, config_hash = self.user_config(dataset, history.interactions)
+            existing = self.store.find(user_id, config_hash)
+            if existing is not None:
+                outcome = UserOutcome(user_id, "cached", existing.version, len(existing.personas))
+                self.store.mark_build(run_id, user_id, "done")
+            else:
+                before = _usage_of(self.model)
+                try:
+                    saved = self.build_user(dataset, user_id)
+                except BudgetExceeded as exc:
+                    stopped = str(exc)
+                    self.store.mark_build(run_id, user_id, "pending", error=stopped)
+                    break
+                except PersonaLensError as exc:
+                    used = _usage_of(self.model) - before
+                    outcome = UserOutcome(user_id, "failed", usage=used, error=str(exc))
+                    self.store.mark_build(run_id, user_id, "failed", error=str(exc), usage=used.to_dict())
+                else:
+                    used = _usage_of(self.model) - before
+                    outcome = UserOutcome(user_id, "built", saved.version, len(saved.personas), used)
+                    self.store.mark_build(run_id, user_id, "done", usage=used.to_dict())
+            outcome.seconds = time.perf_counter() - t0
+            total = total + outcome.usage
+            outcomes.append(outcome)
+            self.on_event("user", user_id, {"status": outcome.status, "seconds": outcome.seconds})
+        return BuildReport(run_id, outcomes, total, time.perf_counter() - started, stopped)
+
+
+def _with_embedding(persona: Persona, vector: np.ndarray) -> Persona:
+    from dataclasses import replace
+
+    return replace(persona, embedding=np.asarray(vector, dtype=np.float32))
+
+
+def _usage_of(model: ChatModel) -> Usage:
+    """The running usage total of a metered model (zero for models that do not meter)."""
+    total = getattr(model, "total", None)
+    return Usage(**asdict(total)) if isinstance(total, Usage) else Usage()
