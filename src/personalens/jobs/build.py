@@ -50,6 +50,12 @@ class BuildConfig:
     holdout: int = 0
     seed: int = 0
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuildConfig:
+        """The inverse of ``dataclasses.asdict`` (as stored in a persona set's config); unknown keys are errors."""
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
     def __post_init__(self) -> None:
         if self.method not in ("summarize", "reflect"):
             raise ValueError(f"method must be summarize or reflect, not {self.method!r}")
@@ -115,7 +121,8 @@ def split_history(
     history = dataset.history(user_id)
     if config.holdout:
         history, _ = history.split_last(config.holdout)
-    liked, disliked = [], []
+    liked: list[Interaction] = []
+    disliked: list[Interaction] = []
     for x in history:
         if x.label is not None:
             (liked if x.label else disliked).append(x)

@@ -161,7 +161,7 @@ def backend_schema(schema: Mapping[str, Any], *, max_enum: int = 32) -> dict[str
             return [rewrite(v) for v in node]
         return node
 
-    return rewrite(copy.deepcopy(dict(schema)))  # type: ignore[no-any-return]
+    return rewrite(copy.deepcopy(dict(schema)))
 
 
 def generate_json(

@@ -69,7 +69,9 @@ def summarize_history(
     threshold = like_threshold
     if threshold is None and ratings:
         threshold = (min(ratings) + max(ratings)) / 2
-    liked, disliked, titles = [], [], []
+    liked: list[str] = []
+    disliked: list[str] = []
+    titles: list[str] = []
     for x in chosen:
         item = items.get(x.item_id) or Item(x.item_id)
         line = item.text(item_fields, max_chars=160)
