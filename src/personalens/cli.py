@@ -529,6 +529,9 @@ def retrieve(
     data: DataOpt = None,
     fmt: FormatOpt = "movielens",
     k: Annotated[int, typer.Option(help="How many personas to return.")] = 1,
+    use: Annotated[
+        str, typer.Option(help="Match the target against cluster centroids, persona-text embeddings, or both.")
+    ] = "centroid",
     store_path: StoreOpt = None,
 ) -> None:
     """The user's persona(s) that best fit a target item, by cosine to the cluster centroids. No LLM call."""
@@ -550,7 +553,9 @@ def retrieve(
         raise typer.BadParameter(
             f"the personas were built with embedder {persona_set.embedder_id}, not {embedder.model_id}"
         )
-    found = index.retrieve(user, embedder.embed([target_text])[0], k=k)
+    if use not in ("centroid", "persona", "both"):
+        raise typer.BadParameter("--use must be centroid, persona or both")
+    found = index.retrieve(user, embedder.embed([target_text])[0], k=k, use=use)  # type: ignore[arg-type]
     if state.json:
         _emit({"user": user, "target": target_text, "personas": [r._asdict() for r in found]})
         return

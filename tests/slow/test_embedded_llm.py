@@ -126,3 +126,15 @@ def test_cli_personax_main_job_offline_then_instant_from_the_store(tmp_path):
     assert (tmp_path / "sel.png").stat().st_size > 10_000 and plot["png"].endswith("sel.png")
     versions = _cli("personas", "demo", "--versions", "--store", store)
     assert [v["version"] for v in versions] == [1]
+
+
+def test_cli_reflection_build_with_the_real_model(tmp_path):
+    """AgentCF-style reflection on the bundled user: pairwise choices read from A/B probabilities, rewrites bounded."""
+    store = str(tmp_path / "r.sqlite")
+    out = _cli("--no-cache", "build", "--method", "reflect", "--ratio", "0.2", "--store", store)
+    assert out["built"] == 1 and out["failed"] == 0
+    shown = _cli("personas", "demo", "--store", store)
+    assert shown["method"] == "reflect"
+    for persona in shown["personas"]:
+        assert 5 <= len(persona["text"].split()) <= 100
+        assert persona["meta"]["negatives"] and persona["meta"]["rewrites"] >= 1  # the unknown profile is rewritten

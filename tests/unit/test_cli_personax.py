@@ -44,6 +44,8 @@ def test_build_retrieve_versions_diff_rollback_delete(cli, tmp_path):
     shown = cli("personas", "demo", "--store", store)
     assert shown["version"] == 1 and all(p["text"] == PERSONA for p in shown["personas"])
     found = cli("retrieve", "demo", "--text", "Alien; genres: Horror, Sci-Fi", "--k", "2", "--store", store)
+    both = cli("retrieve", "demo", "--text", "Alien", "--use", "both", "--store", store)
+    assert both["personas"][0]["matched"] in ("centroid", "persona")
     assert [p["rank"] for p in found["personas"]] == [0, 1]
     assert found["personas"][0]["score"] >= found["personas"][1]["score"]
     by_item = cli("retrieve", "demo", "--item", "1", "--store", store)
