@@ -20,7 +20,7 @@ from personalens.data import (
 )
 from personalens.errors import DataError
 
-SHARED = Path(os.environ.get("PERSONALENS_SHARED_DATA", "/work/shared/data"))
+SHARED = Path(os.environ.get("PERSONALENS_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 if not SHARED.is_dir():
     pytest.skip(f"shared research data not found at {SHARED}", allow_module_level=True)
 
