@@ -189,3 +189,32 @@ def test_memory_bounded_path_with_more_sub_clusters_than_max_merge():
     assert all(_max_intra(x, c.labels, k) < 0.3 for k in range(c.n_clusters))
     q = cluster_behaviours(x, threshold_rule="quantile", threshold=0.1, block_size=64, max_merge=32)
     assert q.threshold == pytest.approx(np.quantile(pdist(x), 0.1))  # ≤ 250 000 pairs: exact
+
+
+def test_exact_path_helpers_match_the_plain_formulas() -> None:
+    """The shared pieces the sampler reuses are bit for bit what the plain computations give."""
+    from scipy.spatial.distance import squareform
+
+    from personalens.selection._distances import (
+        distances_to_point,
+        member_sq_distances,
+        sq_distance_matrix,
+        sq_distances_condensed,
+    )
+    from personalens.selection.clustering import group_rows
+
+    rng = np.random.default_rng(3)
+    for n, m, dtype in ((2, 1, np.float32), (37, 5, np.float32), (120, 40, np.float32), (60, 4, np.float64)):
+        x = rng.standard_normal((n, 16)).astype(dtype)
+        y2 = sq_distances_condensed(x)
+        assert np.array_equal(y2, squareform(sq_distance_matrix(x, full=False), checks=False))
+        labels = np.unique(rng.integers(0, m, n), return_inverse=True)[1].reshape(-1)
+        groups = group_rows(x, labels)
+        full = squareform(y2)
+        for c in range(len(groups.sizes)):
+            mem = groups.members(c)
+            assert np.array_equal(member_sq_distances(y2, n, mem), full[np.ix_(mem, mem)])
+            x64 = x[mem].astype(np.float64)
+            assert np.array_equal(groups.means[c], x64.mean(axis=0))
+            span = slice(groups.bounds[c], groups.bounds[c + 1])
+            assert np.array_equal(groups.to_mean[span], distances_to_point(x64, x64.mean(axis=0)))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import scipy
 from scipy.linalg import blas
+from scipy.spatial.distance import squareform
 
 
 def as_embeddings(embeddings: object, *, name: str = "embeddings", allow_empty: bool = False) -> np.ndarray:
@@ -94,22 +95,34 @@ def single_blas_thread(active: bool = True) -> Iterator[None]:
 SYRK_LIMIT = 4096
 
 
+def _gram_upper(x: np.ndarray, alpha: float) -> np.ndarray:
+    """``alpha``·x·xᵀ from BLAS ``syrk`` in an (n, n) C-ordered buffer of zeros, of which only the upper triangle
+    (i ≤ j) is filled. BLAS writes the transposed view (the Fortran-ordered output it wants) in place, so the
+    result owns its memory and ``squareform`` reads it without first copying all n² entries."""
+    out = np.zeros((len(x), len(x)), dtype=x.dtype)
+    syrk = blas.ssyrk if x.dtype == np.float32 else blas.dsyrk
+    res = syrk(alpha, x.T, c=out.T, trans=1, lower=1, overwrite_c=1)
+    if res.ctypes.data != out.ctypes.data:  # not written in place (never seen): take the returned copy
+        out = np.ascontiguousarray(res.T)
+    return out
+
+
 def sq_distance_matrix(x: np.ndarray, *, full: bool = True) -> np.ndarray:
     """The (n, n) matrix of squared Euclidean distances in the input's precision (float32 or float64), with exact
     zeros on the diagonal. Memory: one (n, n) buffer, reused in place (16.8 MB in float32 at n = 2048).
 
     With ``full=False`` only the upper triangle (i < j, what ``scipy.spatial.distance.squareform`` reads) is
     meaningful, which saves mirroring it. float32 Gram entries carry an absolute error of about 1e-6 for unit
-    vectors; callers that compare distances with a threshold refine the pairs close to it (:func:`refine_near`)."""
+    vectors; callers that compare distances with a threshold refine the pairs close to it (:func:`refine_near`).
+    The factor −2 is BLAS's ``alpha`` (a power of two: the same floats as scaling afterwards, one pass fewer)."""
     x = np.ascontiguousarray(x, dtype=compute_dtype(np.asarray(x)))
     n = len(x)
     sq = np.einsum("ij,ij->i", x, x)
     if n <= SYRK_LIMIT:
-        syrk = blas.ssyrk if x.dtype == np.float32 else blas.dsyrk
-        out = syrk(1.0, x.T, trans=1, lower=1).T  # C-ordered, upper triangle filled
+        out = _gram_upper(x, -2.0)
     else:
         out = x @ np.ascontiguousarray(x.T)
-    out *= -2.0
+        out *= -2.0
     out += sq[:, None]
     out += sq[None, :]
     np.maximum(out, 0.0, out=out)
@@ -118,6 +131,34 @@ def sq_distance_matrix(x: np.ndarray, *, full: bool = True) -> np.ndarray:
         out += out.T
     else:
         np.fill_diagonal(out, 0.0)
+    return out
+
+
+def sq_distances_condensed(x: np.ndarray) -> np.ndarray:
+    """The condensed squared Euclidean distances of the rows of ``x`` (``squareform`` order: (0, 1), (0, 2), ...,
+    (n−2, n−1)) in the input's precision: the same floats as ``squareform(sq_distance_matrix(x, full=False))``,
+    with the clipping at 0 done on the n(n−1)/2 condensed entries only and the (n, n) buffer freed on return."""
+    x = np.ascontiguousarray(x, dtype=compute_dtype(np.asarray(x)))
+    n = len(x)
+    if n > SYRK_LIMIT:
+        return squareform(sq_distance_matrix(x, full=False), checks=False)
+    out = _gram_upper(x, -2.0)
+    sq = np.einsum("ij,ij->i", x, x)
+    out += sq[:, None]
+    out += sq[None, :]
+    y2 = squareform(out, checks=False)
+    del out
+    np.maximum(y2, 0.0, out=y2)
+    return y2
+
+
+def member_sq_distances(y2: np.ndarray, n: int, members: np.ndarray) -> np.ndarray:
+    """The symmetric (k, k) block, zero diagonal, of the condensed squared distances ``y2`` of n points (scipy's
+    ``squareform`` order) between the ascending indices ``members``: one gather, no (n, n) matrix."""
+    # pair (i, j), i < j, sits at start(i) + j with start(i) = i·(2n − 3 − i)/2 − 1, non-decreasing in i
+    start = members * (2 * n - 3 - members) // 2 - 1
+    out = y2[np.minimum.outer(start, start) + np.maximum.outer(members, members)]
+    np.fill_diagonal(out, 0.0)
     return out
 
 

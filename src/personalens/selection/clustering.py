@@ -54,9 +54,10 @@ scipy's condensed float64 copy (8·n²/2 bytes: 1.6 GB at n = 20 000). Above ``b
 Complete linkage keeps its guarantee on this path (two sub-clusters merge only if every cross distance is < τ), but
 the partition is not always the one exact complete linkage would give (chunks can split a cluster the exact method
 would have found: on 20 000 synthetic vectors the paper's τ = 0.5 gives 2 615 clusters here). Extra memory, beyond
-the input: ≈ 4·n·d (the first bisection's float32 copy) + ~75 MB for a 2048-row chunk (float32 distances, the
-condensed float32 and float64 copies, scipy's working copy) + 16·max_merge² + 8·M·d (sub-cluster means, Ward or
-many sub-clusters only). Measured at n = 20 000, d = 384 on a busy 2-core machine (benchmarks/bench_selection.py):
+the input: ≈ 4·n·d (the first bisection's float32 copy) + ~42 MB for a 2048-row chunk (the float32 distances,
+freed once condensed; the condensed float32 and float64 copies and scipy's working copy) + 16·max_merge² + 8·M·d
+(sub-cluster means, Ward or many sub-clusters only). Measured at n = 20 000, d = 384 on a busy 2-core machine
+(benchmarks/bench_selection.py, when a chunk still took ~75 MB):
 peak RSS +66 MB and 3.8 s with complete linkage and the default count rule, +87 MB and 1.7 s with Ward, +87 MB and
 2.1 s for complete linkage at τ = 0.5 — against ≥ 1.6 GB for the exact path (the released code: 3.3 GB, 100–145 s).
 
@@ -82,6 +83,7 @@ from personalens.selection._distances import (
     single_blas_thread,
     sq_distance_matrix,
     sq_distances_between,
+    sq_distances_condensed,
 )
 
 Linkage = Literal["complete", "ward"]
@@ -100,6 +102,7 @@ _QUANTILE_PAIRS = 250_000
 _CENTROID_BLOCK = 8192
 _PAIR_BLOCK = 16_384
 _MERGE_BLOCK_ROWS = 1024
+_REDUCE_LOOP_MAX = 32
 
 
 def auto_n_clusters(n: int) -> int:
@@ -179,7 +182,7 @@ def cluster_behaviours(
     ``random_state`` only matters on the memory-bounded path (n > ``block_size``) and for quantile estimation there.
     """
     x = as_embeddings(embeddings)
-    clustering, _ = cluster_with_distances(
+    clustering, _, _ = cluster_with_distances(
         x,
         linkage=linkage,
         threshold_rule=threshold_rule,
@@ -206,10 +209,11 @@ def cluster_with_distances(
     block_size: int,
     max_merge: int,
     random_state: int,
-) -> tuple[Clustering, np.ndarray | None]:
-    """:func:`cluster_behaviours` on a validated matrix, also returning the (n, n) squared-distance matrix when the
-    exact path computed it (``None`` on the memory-bounded path), so that in-cluster selection can reuse it. Only its
-    upper triangle (i < j) is meaningful."""
+) -> tuple[Clustering, np.ndarray | None, Groups | None]:
+    """:func:`cluster_behaviours` on a validated matrix, also returning what in-cluster selection reuses when the
+    exact path ran (``None`` twice on the memory-bounded path): the condensed squared distances in the input's
+    precision (``squareform`` order, not refined; ``None`` for n = 1 too) and the members of each cluster with
+    their float64 means (:class:`Groups`)."""
     with single_blas_thread():
         return _cluster_with_distances(x, linkage, threshold_rule, threshold, block_size, max_merge, random_state)
 
@@ -222,25 +226,30 @@ def _cluster_with_distances(
     block_size: int,
     max_merge: int,
     random_state: int,
-) -> tuple[Clustering, np.ndarray | None]:
+) -> tuple[Clustering, np.ndarray | None, Groups | None]:
     check_linkage(linkage)
     value = check_threshold(threshold_rule, threshold)
     check_sizes(block_size, max_merge)
     n = len(x)
-    d2: np.ndarray | None = None
+    y2: np.ndarray | None = None
     n_chunks = 1
     if n == 1:
         raw = np.zeros(1, dtype=np.int64)
         tau = float(value) if threshold_rule == "distance" else 0.0
     elif n <= block_size:
-        d2 = sq_distance_matrix(x, full=False)
-        raw, tau, _ = _cut_exact(d2, x, linkage, threshold_rule, value)
+        y2 = sq_distances_condensed(x)
+        raw, tau, _ = _cut_exact(y2, x, linkage, threshold_rule, value)
     else:
         raw, tau, n_chunks = _cluster_bounded(
             x, linkage, threshold_rule, value, block_size, max_merge, np.random.default_rng(random_state)
         )
     labels = _first_appearance(raw)
-    centroids, sizes = _centroids(x, labels)
+    groups: Groups | None = None
+    if n <= block_size:
+        groups = group_rows(x, labels)
+        centroids, sizes = groups.means.astype(np.float32), groups.sizes
+    else:
+        centroids, sizes = _centroids(x, labels)
     clustering = Clustering(
         labels=labels,
         centroids=centroids,
@@ -252,17 +261,17 @@ def _cluster_with_distances(
         memory_bounded=n > block_size,
         n_chunks=n_chunks,
     )
-    return clustering, d2
+    return clustering, y2, groups
 
 
 # --- exact path ------------------------------------------------------------------------------------------------
 
 
 def _cut_exact(
-    d2: np.ndarray, x: np.ndarray, linkage: str, rule: str, value: float | int | str
+    y: np.ndarray, x: np.ndarray, linkage: str, rule: str, value: float | int | str
 ) -> tuple[np.ndarray, float, float]:
-    """Flat cluster ids (arbitrary order), τ used and the largest merge height applied, from the square d² matrix
-    of ``x``.
+    """Flat cluster ids (arbitrary order), τ used and the largest merge height applied, from the condensed squared
+    distances ``y`` of ``x`` (``squareform`` order; left unchanged).
 
     Complete linkage runs on squared distances: it only takes maxima, so the tree is the same and heights are
     squared; this saves a square root over n² entries. Ward needs the distances themselves. With an absolute τ the
@@ -270,11 +279,13 @@ def _cut_exact(
     matrix came from a float32 Gram product. With the count rule the reported τ is the midpoint between the last
     applied and the first refused merge height (any τ in between gives the same cut), or the last height plus
     :data:`HEIGHT_MARGIN` when everything merged."""
-    n = len(d2)
-    y2 = np.asarray(squareform(d2, checks=False), dtype=np.float64)
+    n = len(x)
+    y2 = np.asarray(y, dtype=np.float64)
     tau = 0.0
     if rule != "n_clusters":
         tau = float(value) if rule == "distance" else float(np.quantile(np.sqrt(y2), float(value)))
+        if y2 is y:
+            y2 = y2.copy()  # refined in place: the caller's y keeps the Gram-based values
         refine_near(y2, x, tau)
     if linkage == "complete":
         z = scipy_linkage(y2, method="complete")
@@ -324,6 +335,49 @@ def _first_appearance(raw: np.ndarray) -> np.ndarray:
     return rank[inverse.reshape(-1)]
 
 
+@dataclass(frozen=True, eq=False)
+class Groups:
+    """The clusters' members (exact path). ``order`` lists the members of cluster 0, then of cluster 1, ..., each
+    cluster's in input (chronological) order; cluster i is ``order[bounds[i]:bounds[i + 1]]``, of size s_i =
+    ``sizes[i]``; ``means[i]`` is its float64 mean μ_i and ``to_mean[bounds[i]:bounds[i + 1]]`` the exact
+    (float64, difference-based) distances d(e, μ_i) of its members, in the same order."""
+
+    order: np.ndarray
+    bounds: np.ndarray
+    sizes: np.ndarray
+    means: np.ndarray
+    to_mean: np.ndarray
+
+    def members(self, i: int) -> np.ndarray:
+        return self.order[self.bounds[i] : self.bounds[i + 1]]
+
+
+def group_rows(x: np.ndarray, labels: np.ndarray) -> Groups:
+    """:class:`Groups` of ``labels`` (0..m−1). Each μ_i sums its rows in order in float64 (``np.add.reduce`` over
+    axis 0, or ``np.add.reduceat``, which sums in the same order), so it is bit for bit
+    ``x[members].astype(float64).mean(axis=0)``, and d(e, μ_i) is computed as
+    :func:`~personalens.selection._distances.distances_to_point` does."""
+    order = np.argsort(labels, kind="stable")
+    sizes = np.bincount(labels).astype(np.int64)
+    bounds = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=bounds[1:])
+    if len(sizes) > _REDUCE_LOOP_MAX:
+        rows = np.asarray(x[order], dtype=np.float64)
+        means = np.add.reduceat(rows, bounds[:-1], axis=0) / sizes[:, None]
+        rows -= np.repeat(means, sizes, axis=0)
+        to_mean = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+    else:  # a few clusters: one row-wise reduction each is ~4x faster than np.add.reduceat over axis 0
+        means = np.empty((len(sizes), x.shape[1]), dtype=np.float64)
+        to_mean = np.empty(len(labels), dtype=np.float64)
+        for i in range(len(sizes)):
+            block = np.asarray(x[order[bounds[i] : bounds[i + 1]]], dtype=np.float64)
+            np.add.reduce(block, axis=0, out=means[i])
+            means[i] /= sizes[i]
+            block -= means[i]
+            to_mean[bounds[i] : bounds[i + 1]] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    return Groups(order=order, bounds=bounds, sizes=sizes, means=means, to_mean=to_mean)
+
+
 def _centroids(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """μ_i = mean of the member embeddings as float32, and s_i."""
     means, sizes = _means(x, labels)
@@ -371,13 +425,13 @@ def _cluster_bounded(
     offset = 0
     chunk_height = 0.0
     for idx in chunks:
-        d2 = sq_distance_matrix(x[idx], full=False)
+        y = sq_distances_condensed(x[idx])
         if rule == "n_clusters":
             m_c = max(1, min(len(idx), round(n_sub * len(idx) / n)))
-            raw, _, applied = _cut_exact(d2, x[idx], linkage, "n_clusters", m_c)
+            raw, _, applied = _cut_exact(y, x[idx], linkage, "n_clusters", m_c)
         else:
-            raw, _, applied = _cut_exact(d2, x[idx], linkage, "distance", tau)
-        del d2
+            raw, _, applied = _cut_exact(y, x[idx], linkage, "distance", tau)
+        del y
         chunk_height = max(chunk_height, applied)
         local = _first_appearance(raw)
         sub[idx] = local + offset
@@ -619,11 +673,13 @@ __all__ = [
     "LINKAGES",
     "THRESHOLD_RULES",
     "Clustering",
+    "Groups",
     "Linkage",
     "ThresholdRule",
     "auto_n_clusters",
     "cluster_behaviours",
     "estimate_distance_quantile",
+    "group_rows",
     "nn_chain",
     "partition_rows",
 ]

@@ -115,15 +115,16 @@ def _select(
         return np.zeros(0, dtype=np.int64)
     x64 = np.asarray(x, dtype=np.float64)
     mu = x64.mean(axis=0) if centroid is None else centroid
-    to_mu = distances_to_point(x64, mu)
-    rows: np.ndarray | _RowsOnDemand
-    if distances is not None:
-        rows = distances
-    elif len(x64) <= PRECOMPUTE_LIMIT:
-        rows = np.sqrt(sq_distance_matrix(x64))
-    else:
-        rows = _RowsOnDemand(x64)
-    return greedy_picks(to_mu, rows, budget, w_p, w_d, diversity)
+    rows = distances if distances is not None else distance_rows(x64)
+    return greedy_picks(distances_to_point(x64, mu), rows, budget, w_p, w_d, diversity)
+
+
+def distance_rows(x64: np.ndarray) -> np.ndarray | _RowsOnDemand:
+    """The member-to-member distances of float64 rows: a matrix up to :data:`PRECOMPUTE_LIMIT` members, else
+    computed one row per pick."""
+    if len(x64) <= PRECOMPUTE_LIMIT:
+        return np.sqrt(sq_distance_matrix(x64))
+    return _RowsOnDemand(x64)
 
 
 class _RowsOnDemand:
@@ -156,10 +157,12 @@ def greedy_picks(
         score[first] = -np.inf
         j = first
         if isinstance(rows, np.ndarray):
-            scaled = rows * coef  # one pass instead of a multiply per pick
+            # one pass instead of a multiply per pick (in the rows' precision, as coef * rows[j] would be), widened
+            # once so each pick adds float64 to float64
+            scaled = np.asarray(rows * coef, dtype=np.float64)
+            np.fill_diagonal(scaled, -np.inf)  # adding row j sets score[j] = -inf: picked members stay out
             for t in range(1, budget):
                 score += scaled[j]
-                score[j] = -np.inf  # keeps picked members out: -inf + finite stays -inf
                 j = int(score.argmax())
                 picks[t] = j
             return picks
@@ -191,5 +194,6 @@ __all__ = [
     "check_alpha",
     "greedy_picks",
     "select_in_cluster",
+    "distance_rows",
     "selection_weights",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from personalens.selection._distances import as_embeddings, single_blas_thread
+from personalens.selection._distances import as_embeddings, member_sq_distances, single_blas_thread
 from personalens.selection.allocation import LEFTOVER_POLICIES, allocate_budget, budget_from_ratio, check_ratio
 from personalens.selection.clustering import (
     DEFAULT_BLOCK_SIZE,
@@ -34,6 +34,8 @@ from personalens.selection.in_cluster import (
     DIVERSITY_VARIANTS,
     PRECOMPUTE_LIMIT,
     check_alpha,
+    distance_rows,
+    greedy_picks,
     select_unchecked,
     selection_weights,
 )
@@ -203,7 +205,7 @@ class PersonaXSelector:
                 raise ValueError(f"budget must be a non-negative integer, not {budget!r}")
             budget = min(int(budget), n)
         xc = x if order is None else x[order]
-        clustering, d2 = cluster_with_distances(
+        clustering, y2, groups = cluster_with_distances(
             xc,
             linkage=self.linkage,
             threshold_rule=self.threshold_rule,
@@ -216,21 +218,29 @@ class PersonaXSelector:
         k = budget_from_ratio(n, len(sizes), self.ratio) if budget is None else budget
         budgets = allocate_budget(sizes, k, leftover=self.leftover)  # type: ignore[arg-type]
         w_p, w_d = selection_weights(self.alpha)
-        members = np.split(np.argsort(clustering.labels, kind="stable"), np.cumsum(sizes)[:-1])
+        if groups is None:  # memory-bounded path
+            members = np.split(np.argsort(clustering.labels, kind="stable"), np.cumsum(sizes)[:-1])
+        else:
+            members = [groups.members(c) for c in range(len(sizes))]
         per_cluster: list[np.ndarray] = []
-        for c, mem in enumerate(members):
+        for c, mem in enumerate(members):  # each mem is ascending (chronological)
             a = int(budgets[c])
             if a == 0:
                 picked = mem[:0]
             elif a == len(mem):
                 picked = mem
             else:
-                dist = None
-                if d2 is not None and len(mem) <= PRECOMPUTE_LIMIT:
-                    dist = np.triu(d2[np.ix_(mem, mem)], 1)  # mem is ascending: its upper triangle is valid
-                    dist += dist.T
-                    np.sqrt(dist, out=dist)
-                local = select_unchecked(xc[mem], a, w_p, w_d, self.diversity, distances=dist)
+                if groups is None:
+                    local = select_unchecked(xc[mem], a, w_p, w_d, self.diversity)
+                else:
+                    # d(e, μ_i) and the member distances come from the clustering (same floats as select_in_cluster)
+                    to_mu = groups.to_mean[groups.bounds[c] : groups.bounds[c + 1]]
+                    if y2 is not None and len(mem) <= PRECOMPUTE_LIMIT:
+                        dist = member_sq_distances(y2, n, mem)
+                        local = greedy_picks(to_mu, np.sqrt(dist, out=dist), a, w_p, w_d, self.diversity)
+                    else:
+                        rows = distance_rows(np.asarray(xc[mem], dtype=np.float64))
+                        local = greedy_picks(to_mu, rows, a, w_p, w_d, self.diversity)
                 picked = np.sort(mem[local])
             per_cluster.append(picked if order is None else order[picked])
         chosen = np.sort(np.concatenate(per_cluster)) if per_cluster else np.zeros(0, dtype=np.int64)
