@@ -328,9 +328,9 @@ StoreOpt = Annotated[
 
 def _dataset(data: Path | None, fmt: str, name: str | None = None) -> Dataset:
     from personalens.data.summary import load_dataset
-    from personalens.demo import bundled_demo_dir
+    from personalens.demo import load_demo_dataset
 
-    return load_dataset(data or bundled_demo_dir(), fmt, name=name)
+    return load_dataset(data, fmt, name=name) if data is not None else load_demo_dataset()
 
 
 @app.command()

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from personalens.data import Dataset, load_movielens
+from personalens.data import ColumnMap, Dataset, load_movielens, load_table
 from personalens.evaluation.metrics import roc_auc
 from personalens.jobs import BuildReport, PersonaXBuilder
 from personalens.llm.base import ChatModel, Usage
@@ -19,9 +19,9 @@ from personalens.profiling import Persona, summarize_history
 from personalens.retrieval import PersonaIndex
 
 
-def bundled_demo_dir() -> Path:
-    """The invented demo user shipped with the package (MovieLens CSV layout)."""
-    return Path(str(resources.files("personalens") / "_assets" / "demo"))
+def bundled_demo_file() -> Path:
+    """The invented demo user shipped with the package (one CSV row per rating)."""
+    return Path(str(resources.files("personalens") / "_assets" / "demo" / "demo_user.csv"))
 
 
 @dataclass(slots=True)
@@ -83,7 +83,13 @@ def run_rating_demo(
 
 
 def load_demo_dataset(directory: Path | None = None) -> Dataset:
-    return load_movielens(directory or bundled_demo_dir())
+    """A MovieLens directory when given, else the bundled demo user."""
+    if directory is not None:
+        return load_movielens(directory)
+    columns = ColumnMap(
+        user="user", item="item", rating="rating", timestamp="timestamp", title="title", item_fields=("genres",)
+    )
+    return load_table(bundled_demo_file(), columns=columns, name="demo", rating_scale=(1.0, 5.0, 1.0))
 
 
 @dataclass(slots=True)

@@ -75,13 +75,23 @@ def test_cli_data_stats_reports_file_line_and_field(tmp_path):
     assert "ratings.csv:3" in str(result.exception) and "'rating'" in str(result.exception)
 
 
-def test_cli_data_stats_on_the_bundled_demo():
-    from personalens.demo import bundled_demo_dir
-
-    result = CliRunner().invoke(app, ["data", "stats", str(bundled_demo_dir())])
+def test_cli_data_stats_on_a_movielens_directory(tmp_path):
+    (tmp_path / "movies.csv").write_text(
+        'movieId,title,genres\n1,"Heat, The (1995)",Action|Crime\n2,Up (2009),(no genres listed)\n'
+    )
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.5,5\n1,2,2,6\n2,1,3,7\n")
+    result = CliRunner().invoke(app, ["data", "stats", str(tmp_path)])
     assert result.exit_code == 0, result.output
     stats = json.loads(result.output)
-    assert stats["users"] == 1 and stats["interactions"] == 32 and stats["items"] == 32
+    assert (stats["users"], stats["items"], stats["interactions"]) == (2, 2, 3)
+    assert stats["rating_scale"] == [0.5, 5.0, 0.5]
+
+
+def test_bundled_demo_user_loads():
+    dataset = load_demo_dataset()
+    history = dataset.history("demo")
+    assert len(history) == 32 and len(dataset.items) == 32
+    assert dataset.item(history.interactions[0].item_id).text() == "Alien (1979); genres: Horror, Sci-Fi"
 
 
 def test_cli_score_against_a_loopback_server(tmp_path, monkeypatch):
