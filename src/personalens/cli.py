@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -87,6 +88,25 @@ def _progress() -> Progress:
     )
 
 
+def _build_progress(progress: Progress, total: int) -> Callable[[str, str, dict[str, Any]], None]:
+    """A build's ``on_event`` callback that drives one progress bar: the current user's step, and the running
+    counts of built, cached and failed users."""
+    task = progress.add_task("building personas", total=total)
+    counts = {"built": 0, "cached": 0, "failed": 0}
+
+    def on_event(kind: str, user_id: str, payload: dict[str, Any]) -> None:
+        if kind == "selected":
+            progress.update(task, description=f"user {user_id}: {payload['clusters']} clusters")
+        elif kind == "persona":
+            progress.update(task, description=f"user {user_id}: persona {payload['cluster'] + 1}/{payload['of']}")
+        elif kind == "user":
+            counts[payload["status"]] += 1
+            description = f"built {counts['built']}, cached {counts['cached']}, failed {counts['failed']}"
+            progress.update(task, advance=1, description=description)
+
+    return on_event
+
+
 @app.command()
 def demo(
     data: Annotated[
@@ -113,16 +133,7 @@ def demo(
     embedder = build_embedder(state.settings)
     store_file = store_path or Path(state.settings.store)
     with _store(store_file) as store, _progress() as progress:
-        task = progress.add_task("building personas", total=len(user_ids))
-
-        def on_event(kind: str, user_id: str, payload: dict[str, Any]) -> None:
-            if kind == "selected":
-                progress.update(task, description=f"user {user_id}: {payload['clusters']} clusters")
-            elif kind == "persona":
-                progress.update(task, description=f"user {user_id}: persona {payload['cluster'] + 1}/{payload['of']}")
-            elif kind == "user":
-                progress.update(task, advance=1, description=f"user {user_id}: {payload['status']}")
-
+        on_event = _build_progress(progress, len(user_ids))
         builder = PersonaXBuilder(model, embedder, PersonaXSelector(), store, BuildConfig(holdout=1), on_event=on_event)
         report, rows = run_personax_demo(builder, dataset, user_ids)
     model.close()
@@ -376,22 +387,7 @@ def build(
     model = build_chat_model(state.settings)
     embedder = build_embedder(state.settings)
     with _store(store_path) as store, _progress() as progress:
-        task = progress.add_task("building personas", total=len(user_ids))
-        counts = {"built": 0, "cached": 0, "failed": 0}
-
-        def on_event(kind: str, user_id: str, payload: dict[str, Any]) -> None:
-            if kind == "selected":
-                progress.update(task, description=f"user {user_id}: {payload['clusters']} clusters")
-            elif kind == "persona":
-                progress.update(task, description=f"user {user_id}: persona {payload['cluster'] + 1}/{payload['of']}")
-            elif kind == "user":
-                counts[payload["status"]] += 1
-                progress.update(
-                    task,
-                    advance=1,
-                    description=f"built {counts['built']}, cached {counts['cached']}, failed {counts['failed']}",
-                )
-
+        on_event = _build_progress(progress, len(user_ids))
         builder = PersonaXBuilder(model, embedder, selector, store, config, on_event=on_event)
         report = builder.run(dataset, user_ids, run_id=run_id)
     model.close()

@@ -263,13 +263,7 @@ def iter_csv_rows(
                 skipped += 1
                 continue
             if len(values) != len(names):
-                missing = names[len(values)] if len(values) < len(names) else None
-                error = DataError(
-                    f"expected {len(names)} fields {names}, found {len(values)}",
-                    path=source.path,
-                    line=start,
-                    field=missing,
-                )
+                error = field_count_error(names, values, f"{names}", source.path, start)
                 skip_or_raise(error, strict=strict, report=report)
                 skipped += 1
                 continue
@@ -319,13 +313,7 @@ def iter_split_rows(
             skipped += 1
             continue
         if len(values) != len(columns):
-            missing = columns[len(values)] if len(values) < len(columns) else None
-            error = DataError(
-                f"expected {len(columns)} fields separated by {separator!r}, found {len(values)}",
-                path=source.path,
-                line=line,
-                field=missing,
-            )
+            error = field_count_error(columns, values, f"separated by {separator!r}", source.path, line)
             skip_or_raise(error, strict=strict, report=report)
             skipped += 1
             continue
@@ -609,6 +597,14 @@ def literal_text(value: str, path: str | Path | None, line: int | None, field: s
     if not isinstance(parsed, list | tuple):
         raise DataError(f"expected a list literal, found {type(parsed).__name__}", path=path, line=line, field=field)
     return parse_text(list(parsed), path, line, field)
+
+
+def field_count_error(
+    names: Sequence[str], values: Sequence[str], detail: str, path: str | Path | None, line: int | None
+) -> DataError:
+    """A row with the wrong number of fields; names the first missing field when the row is short."""
+    missing = names[len(values)] if len(values) < len(names) else None
+    return DataError(f"expected {len(names)} fields {detail}, found {len(values)}", path=path, line=line, field=missing)
 
 
 def bad_type(value: Any, expected: str, path: str | Path | None, line: int | None, field: str) -> DataError:

@@ -181,9 +181,21 @@ class PersonaXBuilder:
     def build_user(self, dataset: Dataset, user_id: str) -> PersonaSet:
         """Select, profile and store one user's persona set (always builds; :meth:`run` does the skipping)."""
         history, liked, disliked = split_history(dataset, user_id, self.config)
+        config, config_hash = self.user_config(dataset, history.interactions)
+        return self._build(dataset, user_id, history, liked, disliked, config, config_hash)
+
+    def _build(
+        self,
+        dataset: Dataset,
+        user_id: str,
+        history: History,
+        liked: list[Interaction],
+        disliked: list[Interaction],
+        config: dict[str, Any],
+        config_hash: str,
+    ) -> PersonaSet:
         if not liked:
             raise PersonaLensError(f"user {user_id!r} has no liked behaviours to build personas from")
-        config, config_hash = self.user_config(dataset, history.interactions)
         cfg = self.config
         texts = [dataset.item(x.item_id).text(cfg.item_fields) for x in liked]
         embeddings = self.embedder.embed(texts)
@@ -277,8 +289,8 @@ class PersonaXBuilder:
         stopped = None
         for user_id in user_ids:
             t0 = time.perf_counter()
-            history, _, _ = split_history(dataset, user_id, self.config)
-            _, config_hash = self.user_config(dataset, history.interactions)
+            history, liked, disliked = split_history(dataset, user_id, self.config)
+            config, config_hash = self.user_config(dataset, history.interactions)
             existing = self.store.find(user_id, config_hash)
             if existing is not None:
                 outcome = UserOutcome(user_id, "cached", existing.version, len(existing.personas))
@@ -286,7 +298,7 @@ class PersonaXBuilder:
             else:
                 before = _usage_of(self.model)
                 try:
-                    saved = self.build_user(dataset, user_id)
+                    saved = self._build(dataset, user_id, history, liked, disliked, config, config_hash)
                 except BudgetExceeded as exc:
                     stopped = str(exc)
                     self.store.mark_build(run_id, user_id, "pending", error=stopped)
