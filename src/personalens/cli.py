@@ -331,7 +331,7 @@ def _selector(
 
 
 DataOpt = Annotated[Path | None, typer.Option("--data", help="Dataset directory or file (default: the bundled demo).")]
-FormatOpt = Annotated[str, typer.Option("--format", help="movielens | personax | recbole")]
+FormatOpt = Annotated[str, typer.Option("--format", help="movielens | personax | recbole | agent4rec")]
 StoreOpt = Annotated[
     Path | None, typer.Option("--store", help="Persona store file (default: settings, personas.sqlite).")
 ]
@@ -629,7 +629,7 @@ def models_fetch() -> None:
 def data_stats(
     path: Annotated[Path, typer.Argument(help="A file or directory.")],
     fmt: Annotated[
-        str, typer.Option("--format", help="movielens | personax | recbole | deeper | deeper-train | lamp")
+        str, typer.Option("--format", help="movielens | personax | recbole | agent4rec | deeper | deeper-train | lamp")
     ] = "movielens",
     name: Annotated[str | None, typer.Option(help="RecBole dataset name (file stem).")] = None,
 ) -> None:

@@ -6,6 +6,7 @@ count them in a :class:`LoadReport` (``Dataset.meta["load_report"]`` or the ``re
 """
 
 from personalens.data._validate import LoadReport
+from personalens.data.agent4rec import load_agent4rec
 from personalens.data.deeper import (
     DEEPER_RATING_SCALES,
     DeeperRound,
@@ -49,6 +50,7 @@ __all__ = [
     "infer_format",
     "lamp_time_split",
     "lamp_to_dataset",
+    "load_agent4rec",
     "load_deeper_iterations",
     "load_deeper_train_users",
     "load_lamp",

@@ -9,7 +9,7 @@ from typing import Any
 from personalens.data.records import Dataset
 from personalens.errors import DataError
 
-FORMATS = ("movielens", "personax", "recbole", "deeper", "deeper-train", "lamp", "csv", "jsonl", "parquet")
+FORMATS = ("movielens", "personax", "recbole", "agent4rec", "deeper", "deeper-train", "lamp", "csv", "jsonl", "parquet")
 
 
 def _dataset_summary(dataset: Dataset) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def _dataset_summary(dataset: Dataset) -> dict[str, Any]:
     }
 
 
-DATASET_FORMATS = ("movielens", "personax", "recbole")
+DATASET_FORMATS = ("movielens", "personax", "recbole", "agent4rec")
 
 
 def load_dataset(path: Path, fmt: str = "movielens", *, name: str | None = None, strict: bool = True) -> Dataset:
@@ -45,6 +45,8 @@ def load_dataset(path: Path, fmt: str = "movielens", *, name: str | None = None,
         if not name:
             raise DataError("RecBole needs --name (the atomic files' stem, e.g. CDs)", path=path)
         return data.load_recbole(path, name, strict=strict)
+    if fmt == "agent4rec":
+        return data.load_agent4rec(path, strict=strict)
     raise DataError(f"format {fmt!r} is not a behaviour dataset; use one of {', '.join(DATASET_FORMATS)}", path=path)
 
 
