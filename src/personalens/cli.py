@@ -33,6 +33,8 @@ models_app = typer.Typer(help="The embedded model files: assemble, verify, show.
 data_app = typer.Typer(help="Load and validate behaviour data.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+eval_app = typer.Typer(help="Evaluate persona methods on held-out behaviour.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 out = Console()
 err = Console(stderr=True)
@@ -637,6 +639,82 @@ def data_stats(
     from personalens.data.summary import dataset_stats
 
     _emit(dataset_stats(path, fmt, name=name))
+
+
+@eval_app.command("run")
+def eval_run(
+    config_file: Annotated[Path, typer.Argument(help="Experiment TOML (see personalens.evaluation.experiment).")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output directory (default: eval-runs/<config file stem>).")
+    ] = None,
+    report_only: Annotated[bool, typer.Option(help="Only rebuild results.md/json and plots from rows.jsonl.")] = False,
+) -> None:
+    """Run a next-item ranking experiment: candidates drawn once and reused, every sampler × ratio × τ × α cell,
+    rows appended per user (resumable: rerun the same command to continue), then results.json, results.md and
+    plots. LLM calls go through the response cache, so a rerun repeats no work."""
+    import time
+
+    from personalens.evaluation.experiment import RankingExperiment, load_config
+    from personalens.evaluation.report import write_report
+    from personalens.factory import build_chat_model, build_embedder
+
+    config = load_config(config_file)
+    target = out_dir or Path("eval-runs") / config_file.stem
+    summary = None
+    if not report_only:
+        models: list[Any] = []
+
+        def model_factory() -> Any:
+            models.append(build_chat_model(state.settings))
+            return models[-1]
+
+        with _progress() as progress:
+            bar = progress.add_task("evaluating", total=None)
+
+            def on_event(kind: str, payload: dict[str, Any]) -> None:
+                if kind == "start":
+                    progress.update(bar, total=payload["users"], description=f"{payload['cells']} cells per user")
+                elif kind in ("user", "failed"):
+                    progress.update(bar, advance=1, description=f"user {payload['user']}")
+
+            experiment = RankingExperiment(
+                config,
+                target,
+                embedder=build_embedder(state.settings),
+                model_factory=model_factory if config.needs_llm else None,
+                on_event=on_event,
+            )
+            started = time.perf_counter()
+            summary = experiment.run()
+        for model in models:
+            model.close()
+        for user_id, error in summary.failures.items():
+            err.print(f"[red]user {user_id}:[/] {error}")
+        if summary.skipped_users:
+            err.print(f"[yellow]{len(summary.skipped_users)} users have no ranking task[/] (listed in candidates.json)")
+        info = {
+            "users": summary.users,
+            "rows_written": summary.rows_written,
+            "rows_already_done": summary.rows_skipped,
+            "failed_users": len(summary.failures),
+            "usage": summary.usage.to_dict(),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    paths = write_report(target)
+    result = {
+        "out": str(target),
+        **({"run": info} if summary is not None else {}),
+        **{k: str(v) for k, v in paths.items()},
+    }
+    if state.json:
+        _emit(result)
+        return
+    if summary is not None:
+        out.print(
+            f"{info['users']} users: {info['rows_written']} rows written, {info['rows_already_done']} already done, "
+            f"{info['failed_users']} users failed; {summary.usage.describe()}; {info['seconds']} s"
+        )
+    out.print(f"report: {paths.get('markdown', target)}")
 
 
 def main() -> None:
