@@ -138,3 +138,35 @@ def test_cli_reflection_build_with_the_real_model(tmp_path):
     for persona in shown["personas"]:
         assert 5 <= len(persona["text"].split()) <= 100
         assert persona["meta"]["negatives"] and persona["meta"]["rewrites"] >= 1  # the unknown profile is rewritten
+
+
+def test_cli_eval_run_with_the_real_model_resumes_and_reports(tmp_path):
+    """`personalens eval run` end to end on a small MovieLens-format directory the test writes: LLM summaries, both
+    rankers; the second run finds every row written and calls nothing."""
+    genres = ["Comedy", "Horror", "Western", "Sci-Fi", "Musical"]
+    data = tmp_path / "ml"
+    data.mkdir()
+    lines = ["movieId,title,genres"] + [f"{i},Picture {i} ({1960 + i}),{genres[i % 5]}" for i in range(1, 61)]
+    (data / "movies.csv").write_text("\n".join(lines) + "\n")
+    ratings = ["userId,movieId,rating,timestamp"]
+    for uid in (1, 2):
+        for t, item in enumerate(range(uid, 60, 3)):
+            ratings.append(f"{uid},{item},{5.0 if item % 5 in (0, uid) else 1.0},{1000 + t}")
+    (data / "ratings.csv").write_text("\n".join(ratings) + "\n")
+    config = tmp_path / "exp.toml"
+    config.write_text(
+        f'name = "tiny"\n[data]\npath = "{data}"\nformat = "movielens"\n'
+        '[candidates]\nnegatives = 4\ntarget = "last_liked"\n'
+        '[selection]\nsamplers = ["recent", "personax"]\nratios = [0.3]\n'
+        '[profiler]\nkind = "summarize"\nmax_words = 40\n[rankers]\nkinds = ["embedding", "llm"]\n'
+    )
+    out = tmp_path / "out"
+    first = _cli("--no-cache", "eval", "run", str(config), "--out", str(out), timeout=1200)
+    assert first["run"]["users"] == 2 and first["run"]["rows_written"] == 2 * 2 * 2
+    assert first["run"]["usage"]["calls"] > 0 and first["run"]["failed_users"] == 0
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert all(1 <= r["rank"] <= 5 and r["persona_words"] >= 5 for r in rows)
+    second = _cli("--no-cache", "eval", "run", str(config), "--out", str(out))
+    assert second["run"]["rows_written"] == 0 and second["run"]["usage"]["calls"] == 0
+    report = (out / "results.md").read_text()
+    assert "Table 2" in report and "PersonaX" in report and (out / "results.json").exists()

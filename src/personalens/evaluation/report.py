@@ -933,7 +933,7 @@ def plot_ratio(
             ax.set_xscale("log")
             ax.minorticks_off()
         labels = [f"{r:g}\n(k≈{budgets[r]:.0f})" if budgets.get(r) is not None else f"{r:g}" for r in ratios]
-        ax.set_xticks(ratios, labels)
+        ax.set_xticks(ratios, labels, rotation=45 if len(ratios) > 5 else 0, fontsize=8)
     profiler = cells[0].get("profiler") if cells else ""
     ranker = cells[0].get("ranker") if cells else ""
     ax.set_xlabel("selection ratio k/n (mean budget k in brackets)")
