@@ -1,0 +1,168 @@
+"""The persona update strategies of dynamic persona modelling, behind one writer.
+
+* ``refine`` — DeePer: old persona + predicted-versus-actual ratings of the new window.
+* ``slide_regen`` — a new persona from the latest window only.
+* ``full_regen`` — a new persona from every window so far.
+* ``inc_update`` — old persona + the new window's ratings (no predictions).
+* ``hier_merge`` — a short-term persona from the new window, merged into the long-term one (two calls).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypedDict
+
+from personalens.errors import LLMOutputError
+from personalens.llm.base import ChatModel, ChatRequest, Message, Usage, user
+from personalens.profiling.summarize import bound_words, clean_persona_text, find_leaked_titles
+from personalens.refinement import prompts
+from personalens.refinement.prompts import RatedItem
+
+Strategy = Literal["refine", "slide_regen", "full_regen", "inc_update", "hier_merge"]
+STRATEGIES: tuple[str, ...] = ("refine", "slide_regen", "full_regen", "inc_update", "hier_merge")
+
+
+class _RatedKw(TypedDict):
+    domain: str
+    scale: tuple[float, float, float]
+    min_words: int
+    max_words: int
+
+
+@dataclass(slots=True)
+class WrittenPersona:
+    """A persona text with what it cost and what was noticed: ``short`` when it stayed under the minimum length
+    after the bounded re-ask, ``leaked`` the item texts it names (it should name none)."""
+
+    text: str
+    usage: Usage = field(default_factory=Usage)
+    attempts: int = 1
+    short: bool = False
+    leaked: tuple[str, ...] = ()
+
+
+class PersonaWriter:
+    """Writes and updates personas with one model. ``temperature``/``sample`` select fresh samples (the verified
+    mode asks for several candidates of one update)."""
+
+    def __init__(
+        self,
+        model: ChatModel,
+        *,
+        domain: str,
+        scale: tuple[float, float, float],
+        min_words: int = 200,
+        max_words: int = 320,
+        max_attempts: int = 2,
+    ) -> None:
+        if not 0 < min_words <= max_words:
+            raise ValueError("need 0 < min_words <= max_words")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        self.model = model
+        self.domain = domain
+        self.scale = scale
+        self.min_words = min_words
+        self.max_words = max_words
+        self.max_attempts = max_attempts
+
+    def write(
+        self, messages: list[Message], items: Sequence[RatedItem], *, temperature: float = 0.0, sample: int = 0
+    ) -> WrittenPersona:
+        """One persona answer, cleaned and bounded; an answer under ``min_words`` is re-asked (showing the model its
+        length) up to ``max_attempts`` times in all, then kept and flagged ``short``. An empty answer after every
+        attempt raises :class:`LLMOutputError` with the raw answers."""
+        usage = Usage()
+        raws: list[str] = []
+        convo = list(messages)
+        best = ""
+        for _ in range(self.max_attempts):
+            request = ChatRequest.of(
+                convo,
+                max_tokens=int(self.max_words * 1.6) + 48,
+                temperature=temperature,
+                seed=sample,
+                sample=sample,
+            )
+            result = self.model.chat(request)
+            usage = usage + result.usage
+            raws.append(result.text)
+            text = clean_persona_text(result.text)
+            if len(text.split()) > len(best.split()):
+                best = text
+            if len(text.split()) >= self.min_words:
+                break
+            convo = [
+                *messages,
+                *([] if not text else [Message("assistant", text)]),
+                user(
+                    f"That profile has {len(text.split())} words; it needs {self.min_words} to {self.max_words}. "
+                    "Write the complete profile again, following every rule."
+                ),
+            ]
+        if len(best.split()) < 5:
+            raise LLMOutputError(f"persona answer empty or too short after {len(raws)} attempts", raw=raws)
+        text, _ = bound_words(best, self.max_words)
+        return WrittenPersona(
+            text,
+            usage,
+            attempts=len(raws),
+            short=len(text.split()) < self.min_words,
+            leaked=find_leaked_titles(text, [x.text for x in items]),
+        )
+
+    def initial(self, window: Sequence[RatedItem]) -> WrittenPersona:
+        return self.write(prompts.initial_persona(window, **self._rated_kw()), window)
+
+    def _rated_kw(self) -> _RatedKw:
+        return {"domain": self.domain, "scale": self.scale, "min_words": self.min_words, "max_words": self.max_words}
+
+    def update(
+        self,
+        strategy: Strategy,
+        persona: str,
+        windows: Sequence[Sequence[RatedItem]],
+        *,
+        temperature: float = 0.0,
+        sample: int = 0,
+    ) -> WrittenPersona:
+        """Apply ``strategy``. ``windows`` are every window observed so far, oldest first; the last is the current
+        one and, for ``refine``, must carry the old persona's predictions."""
+        if not windows:
+            raise ValueError("an update needs at least the current window")
+        current = list(windows[-1])
+        kw = self._rated_kw()
+        if strategy == "refine":
+            if any(x.predicted is None for x in current):
+                raise ValueError("refine needs the old persona's prediction for every item of the current window")
+            messages = prompts.refine_persona(persona, current, **kw)
+        elif strategy == "slide_regen":
+            messages = prompts.regenerate_persona(current, **kw)
+        elif strategy == "full_regen":
+            everything = [x for w in windows for x in w]
+            messages = prompts.regenerate_persona(everything, **kw)
+            current = everything
+        elif strategy == "inc_update":
+            messages = prompts.extend_persona(persona, current, **kw)
+        elif strategy == "hier_merge":
+            short = self.write(
+                prompts.regenerate_persona(current, **kw), current, temperature=temperature, sample=sample
+            )
+            merged = self.write(
+                prompts.merge_personas(
+                    persona, short.text, domain=self.domain, min_words=self.min_words, max_words=self.max_words
+                ),
+                current,
+                temperature=temperature,
+                sample=sample,
+            )
+            merged.usage = merged.usage + short.usage
+            merged.attempts += short.attempts
+            return merged
+        else:
+            raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        return self.write(messages, current, temperature=temperature, sample=sample)
+
+
+__all__ = ["STRATEGIES", "PersonaWriter", "Strategy", "WrittenPersona"]

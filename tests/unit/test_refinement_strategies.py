@@ -1,0 +1,91 @@
+"""Persona update strategies with the scripted model: what each prompt shows, the bounded re-ask, the flags."""
+
+from __future__ import annotations
+
+import pytest
+
+from personalens.errors import LLMOutputError
+from personalens.llm.testing import ScriptedChatModel
+from personalens.refinement.prompts import RatedItem
+from personalens.refinement.strategies import PersonaWriter
+
+LONG = " ".join(["Enjoys careful storytelling and warm characters."] * 6)  # 36 words
+W0 = [RatedItem("Alpha Saga", 5.0), RatedItem("Beta Blues", 1.5)]
+W1 = [RatedItem("Gamma Road", 4.0, predicted=2.5), RatedItem("Delta Dawn", 0.5, predicted=3.0)]
+
+
+def _writer(model, **kw):
+    return PersonaWriter(model, domain="movies", scale=(0.5, 5.0, 0.5), min_words=30, max_words=60, **kw)
+
+
+def _prompt(model, index=-1):
+    return model.calls[index].messages[-1].content
+
+
+def test_initial_persona_shows_window_ratings_and_the_scale():
+    model = ScriptedChatModel([LONG])
+    persona = _writer(model).initial(W0)
+    assert persona.text == LONG and not persona.short and persona.attempts == 1
+    shown = _prompt(model)
+    assert "Alpha Saga: rated 5" in shown and "0.5 (worst) to 5 (best) in steps of 0.5" in shown
+    assert "Do not name any item" in shown
+
+
+def test_refine_shows_predicted_versus_actual_and_needs_predictions():
+    model = ScriptedChatModel([LONG])
+    _writer(model).update("refine", "Old profile text.", [W0, W1])
+    shown = _prompt(model)
+    assert "Old profile text." in shown and "Gamma Road: predicted 2.5, actual 4" in shown
+    assert "Alpha Saga" not in shown  # only the current window
+    with pytest.raises(ValueError, match="prediction"):
+        _writer(model).update("refine", "Old.", [W0])
+
+
+@pytest.mark.parametrize(
+    ("strategy", "present", "absent"),
+    [
+        ("slide_regen", ["Gamma Road: rated 4"], ["Old profile", "Alpha Saga", "predicted"]),
+        ("full_regen", ["Gamma Road: rated 4", "Alpha Saga: rated 5"], ["Old profile"]),
+        ("inc_update", ["Old profile", "Gamma Road: rated 4"], ["Alpha Saga", "predicted"]),
+    ],
+)
+def test_each_strategy_sees_what_it_should(strategy, present, absent):
+    model = ScriptedChatModel([LONG])
+    _writer(model).update(strategy, "Old profile text.", [W0, W1])
+    shown = _prompt(model)
+    assert all(p in shown for p in present) and not any(a in shown for a in absent)
+
+
+def test_hier_merge_writes_a_short_term_persona_then_merges():
+    model = ScriptedChatModel([LONG, LONG.replace("warm", "bold")])
+    out = _writer(model).update("hier_merge", "Old profile text.", [W0, W1])
+    assert len(model.calls) == 2 and "bold" in out.text and out.attempts == 2
+    assert "Gamma Road" in _prompt(model, 0) and "Old profile" not in _prompt(model, 0)
+    assert "Old profile text." in _prompt(model, 1) and LONG in _prompt(model, 1)
+
+
+def test_short_answer_is_re_asked_once_then_flagged():
+    model = ScriptedChatModel(["Likes films.", "Likes films and music a lot."])
+    out = _writer(model).initial(W0)
+    assert out.attempts == 2 and out.short and out.text == "Likes films and music a lot."
+    assert "has 2 words" in _prompt(model)
+    model = ScriptedChatModel(["", ""])
+    with pytest.raises(LLMOutputError) as info:
+        _writer(model).initial(W0)
+    assert info.value.raw == ["", ""]
+
+
+def test_leaked_titles_are_reported_and_length_is_bounded():
+    model = ScriptedChatModel([LONG + " Loved Alpha Saga. " + LONG])
+    out = _writer(model).initial(W0)
+    assert len(out.text.split()) <= 60 and out.leaked in ((), ("Alpha Saga",))
+    model = ScriptedChatModel(["Loved Alpha Saga. " + LONG])
+    assert _writer(model).initial(W0).leaked == ("Alpha Saga",)
+
+
+def test_samples_differ_in_the_request():
+    model = ScriptedChatModel([LONG, LONG])
+    writer = _writer(model)
+    writer.update("inc_update", "Old.", [W1], temperature=0.8, sample=1)
+    writer.update("inc_update", "Old.", [W1], temperature=0.8, sample=2)
+    assert [c.sample for c in model.calls] == [1, 2] and all(c.temperature == 0.8 for c in model.calls)
