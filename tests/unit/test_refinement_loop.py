@@ -146,3 +146,18 @@ def test_windows_from_deeper_rounds_join_and_check_overlaps():
         windows_from_deeper([_round(1, w), _round(2, bad)])
     with pytest.raises(DataError, match="not consecutive"):
         windows_from_deeper([_round(2, w)])
+
+
+def test_structured_predictor_reads_one_json_answer_and_snaps_to_the_grid():
+    from personalens.refinement.loop import StructuredPredictor
+
+    model = ScriptedChatModel(['{"ratings": [4.3, 0.7]}'])
+    values, usage = StructuredPredictor(model).predict(
+        "Likes thrillers.", _window("x", [1, 2]), domain="movies", scale=(0.5, 5.0, 0.5)
+    )
+    assert values == [4.5, 0.5] and usage.calls == 1
+    request = model.calls[0]
+    assert request.json_schema is not None and "1. x-item-0" in request.messages[-1].content
+    bad = ScriptedChatModel(['{"ratings": [9]}', '{"ratings": [3, 3]}'])
+    values, _ = StructuredPredictor(bad).predict("P.", _window("y", [1, 2]), domain="movies", scale=(1, 5, 1))
+    assert values == [3, 3] and len(bad.calls) == 2  # the off-scale, short answer was re-asked

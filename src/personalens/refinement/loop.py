@@ -47,6 +47,50 @@ class ProbabilityPredictor:
         return [p.expected for p in predictions], usage
 
 
+class StructuredPredictor:
+    """All ratings of a window in one JSON answer (for remote models without token probabilities): the schema fixes
+    the number of ratings and the scale's bounds; answers off the scale's grid are rounded to it. Bad answers are
+    re-asked within :func:`~personalens.llm.structured.generate_json`'s bound, then raise ``LLMOutputError``."""
+
+    def __init__(self, model: ChatModel, *, max_attempts: int = 3) -> None:
+        self.model = model
+        self.max_attempts = max_attempts
+
+    def config(self) -> dict[str, Any]:
+        return {"predictor": "structured", "model": self.model.model_id}
+
+    def predict(
+        self, persona: str, items: Sequence[RatedItem], *, domain: str, scale: tuple[float, float, float]
+    ) -> tuple[list[float], Usage]:
+        from personalens.llm.structured import generate_json
+
+        low, high, step = scale
+        schema = {
+            "type": "object",
+            "properties": {
+                "ratings": {
+                    "type": "array",
+                    "items": {"type": "number", "minimum": low, "maximum": high},
+                    "minItems": len(items),
+                    "maxItems": len(items),
+                }
+            },
+            "required": ["ratings"],
+        }
+        listing = "\n".join(f"{i + 1}. {x.text}" for i, x in enumerate(items))
+        prompt = (
+            f"Profile of a person's taste in {domain}:\n{persona.strip()}\n\n"
+            f"Predict how this person would rate each of these {domain} on a scale from {low:g} to {high:g}"
+            f"{'' if float(step).is_integer() else f' in steps of {step:g}'}:\n{listing}\n\n"
+            f'Answer in JSON as {{"ratings": [...]}} with {len(items)} numbers in the order listed.'
+        )
+        answer = generate_json(
+            self.model, prompt, schema, max_attempts=self.max_attempts, max_tokens=16 + 8 * len(items)
+        )
+        values = [min(high, max(low, low + round((float(v) - low) / step) * step)) for v in answer.value["ratings"]]
+        return values, answer.usage
+
+
 @dataclass(frozen=True, slots=True)
 class RefineConfig:
     """``verified``: sample ``candidates`` updates (the first greedy, the rest at ``temperature``) and commit the
@@ -221,4 +265,12 @@ class DynamicRefiner:
         return UserTrace(user.user_id, s0, baseline, records, self._usage)
 
 
-__all__ = ["DynamicRefiner", "Predictor", "ProbabilityPredictor", "RefineConfig", "RoundRecord", "UserTrace"]
+__all__ = [
+    "DynamicRefiner",
+    "Predictor",
+    "ProbabilityPredictor",
+    "RefineConfig",
+    "RoundRecord",
+    "StructuredPredictor",
+    "UserTrace",
+]
