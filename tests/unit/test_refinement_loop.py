@@ -139,6 +139,7 @@ def test_windows_from_deeper_rounds_join_and_check_overlaps():
     w = {0: [1.0, 2.0], 1: [3.0, 4.5], 2: [5.0, 0.5], 3: [2.0, 2.0]}
     (user,) = windows_from_deeper([_round(1, w), _round(2, w)])
     assert len(user.windows) == 4 and user.scale == (0.5, 5.0, 0.5) and user.domain == "movie"
+    assert windows_from_deeper([_round(1, w, user="8")])[0].user_id == "8"
     assert user.windows[3][0] == RatedItem("t3-0", 2.0)
     bad = dict(w)
     bad[2] = [4.0, 0.5]

@@ -87,7 +87,8 @@ def windows_from_deeper(rounds: Sequence[DeeperRound]) -> list[UserWindows]:
         if scale is None:
             raise DataError(f"unknown rating scale for DeePer domain {dataset_name!r}", field="dataset_name")
         low, high, step = scale
-        out.append(UserWindows(user_id, item_type, (low, high, step), tuple(windows[i] for i in indices), dataset_name))
+        domain = item_type.replace("_", " ")  # "movies_and_TV" reads as "movies and TV" in the prompts
+        out.append(UserWindows(user_id, domain, (low, high, step), tuple(windows[i] for i in indices), dataset_name))
     return out
 
 
