@@ -1,0 +1,289 @@
+"""Multi-round dynamic persona evaluation on DeePer's windows (behind ``personalens eval dynamic CONFIG``).
+
+For every domain, a seeded sample of users, every strategy (and the verified variants asked for) runs the same
+number of rounds from the same initial persona; one JSON line per (domain, user, method) goes to ``rows.jsonl`` as
+soon as that user is done, so a killed run resumes where it stopped (and the LLM response cache makes the shared
+initial personas and predictions free). ``summarise`` turns the rows into the paper's layouts: future-window MAE per
+round (Figure 4), previous/current/future errors before and after round 1 (Table 1), persona length per round
+(Table 2).
+
+Example configuration::
+
+    name = "DeePer windows, 3 domains"
+    seed = 0
+    [data]
+    root = "../shared/data/deeper"
+    domains = ["amazon_movies_and_TV", "amazon_clothing_shoes_and_jewelry", "food_com"]
+    users_per_domain = 30
+    rounds = 4
+    [refine]
+    strategies = ["refine", "slide_regen", "full_regen", "inc_update", "hier_merge"]
+    verified = ["refine"]
+    candidates = 4
+    temperature = 0.8
+    min_words = 200
+    max_words = 320
+    predictor = "probability"     # or "structured" (remote models without token probabilities)
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from personalens.data.deeper import load_deeper_iterations
+from personalens.errors import ConfigError, PersonaLensError
+from personalens.llm.base import ChatModel, Usage
+from personalens.refinement.loop import (
+    DynamicRefiner,
+    Predictor,
+    ProbabilityPredictor,
+    RefineConfig,
+    StructuredPredictor,
+)
+from personalens.refinement.strategies import STRATEGIES, PersonaWriter
+from personalens.refinement.windows import UserWindows, windows_from_deeper
+
+ROWS_FILE = "rows.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class DynamicConfig:
+    name: str
+    root: str
+    domains: tuple[str, ...]
+    users_per_domain: int = 30
+    rounds: int = 4
+    strategies: tuple[str, ...] = STRATEGIES
+    verified: tuple[str, ...] = ("refine",)
+    candidates: int = 4
+    temperature: float = 0.8
+    min_words: int = 200
+    max_words: int = 320
+    predictor: str = "probability"
+    seed: int = 0
+    source: str | None = None
+
+    def methods(self) -> list[RefineConfig]:
+        out = [RefineConfig(s) for s in self.strategies]  # type: ignore[arg-type]
+        out += [
+            RefineConfig(s, verified=True, candidates=self.candidates, temperature=self.temperature)  # type: ignore[arg-type]
+            for s in self.verified
+        ]
+        return out
+
+
+def load_dynamic_config(path: str | Path) -> DynamicConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"experiment file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse_dynamic_config(raw, source=str(path), base=path.parent)
+
+
+def parse_dynamic_config(raw: dict[str, Any], *, source: str = "<config>", base: Path | None = None) -> DynamicConfig:
+    allowed = {"name", "seed", "data", "refine"}
+    data_keys = {"root", "domains", "users_per_domain", "rounds"}
+    refine_keys = {"strategies", "verified", "candidates", "temperature", "min_words", "max_words", "predictor"}
+    for section, keys in (("", allowed), ("data", data_keys), ("refine", refine_keys)):
+        table = raw if not section else raw.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        unknown = sorted(set(table) - keys)
+        if unknown:
+            where = f"[{section}]" if section else "top level"
+            raise ConfigError(f"{source}: {where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(keys))}")
+    data, refine = raw.get("data", {}), raw.get("refine", {})
+    if "root" not in data or not data.get("domains"):
+        raise ConfigError(f"{source}: [data] root and domains are required")
+    root = Path(data["root"])
+    if base is not None and not root.is_absolute():
+        root = (base / root).resolve()
+    values: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in {**data, **refine}.items() if k != "root"
+    }
+    try:
+        config = DynamicConfig(
+            name=str(raw.get("name") or Path(source).stem),
+            root=str(root),
+            seed=int(raw.get("seed", 0)),
+            source=source,
+            **values,
+        )
+        config.methods()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if config.predictor not in ("probability", "structured"):
+        raise ConfigError(f"{source}: [refine] predictor must be probability or structured")
+    if config.rounds < 1 or config.users_per_domain < 1:
+        raise ConfigError(f"{source}: [data] rounds and users_per_domain must be >= 1")
+    return config
+
+
+def sample_users(users: list[UserWindows], n: int, seed: int, rounds: int) -> list[UserWindows]:
+    """Users with enough windows for ``rounds`` rounds plus a future window, then a seeded sample of ``n`` of them
+    (sorted ids first, so the sample does not depend on file order)."""
+    eligible = sorted((u for u in users if len(u.windows) >= rounds + 2), key=lambda u: u.user_id)
+    if len(eligible) <= n:
+        return eligible
+    picks = sorted(np.random.default_rng(seed).choice(len(eligible), size=n, replace=False))
+    return [eligible[int(i)] for i in picks]
+
+
+@dataclass(slots=True)
+class DynamicSummary:
+    rows_written: int = 0
+    rows_skipped: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    seconds: float = 0.0
+
+
+class DynamicExperiment:
+    def __init__(
+        self,
+        config: DynamicConfig,
+        out_dir: str | Path,
+        *,
+        model: ChatModel,
+        predictor: Predictor | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.model = model
+        if predictor is None:
+            predictor = ProbabilityPredictor(model) if config.predictor == "probability" else StructuredPredictor(model)
+        self.predictor = predictor
+        self.on_event = on_event or (lambda kind, payload: None)
+
+    def users(self) -> dict[str, list[UserWindows]]:
+        out = {}
+        for domain in self.config.domains:
+            wanted = range(1, self.config.rounds + 1)
+            rounds = load_deeper_iterations(Path(self.config.root) / domain, iterations=wanted)
+            out[domain] = sample_users(
+                windows_from_deeper(rounds), self.config.users_per_domain, self.config.seed, self.config.rounds
+            )
+        return out
+
+    def run(self) -> DynamicSummary:
+        started = time.perf_counter()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
+        rows_path = self.out_dir / ROWS_FILE
+        done = {(r["domain"], r["user"], r["method"]) for r in read_dynamic_rows(rows_path)}
+        summary = DynamicSummary()
+        by_domain = self.users()
+        total = sum(len(v) for v in by_domain.values()) * len(self.config.methods())
+        self.on_event("start", {"runs": total})
+        with rows_path.open("a", encoding="utf-8") as sink:
+            for domain, users in by_domain.items():
+                for user in users:
+                    for method in self.config.methods():
+                        key = (domain, user.user_id, method.label)
+                        if key in done:
+                            summary.rows_skipped += 1
+                            self.on_event("run", {"domain": domain, "user": user.user_id, "method": method.label})
+                            continue
+                        writer = PersonaWriter(
+                            self.model,
+                            domain=user.domain,
+                            scale=user.scale,
+                            min_words=self.config.min_words,
+                            max_words=self.config.max_words,
+                        )
+                        refiner = DynamicRefiner(writer, self.predictor, method)
+                        t0 = time.perf_counter()
+                        try:
+                            trace = refiner.run(user, rounds=self.config.rounds)
+                        except PersonaLensError as exc:
+                            summary.failures["/".join(key)] = str(exc)
+                            self.on_event("failed", {"domain": domain, "user": user.user_id, "error": str(exc)})
+                            continue
+                        row = {
+                            "domain": domain,
+                            "user": user.user_id,
+                            "method": method.label,
+                            "config": refiner.describe(),
+                            "initial": trace.initial,
+                            "initial_error": trace.initial_error,
+                            "rounds": [r.to_dict() for r in trace.rounds],
+                            "usage": trace.usage.to_dict(),
+                            "seconds": round(time.perf_counter() - t0, 2),
+                        }
+                        sink.write(json.dumps(row) + "\n")
+                        sink.flush()
+                        summary.rows_written += 1
+                        summary.usage = summary.usage + trace.usage
+                        self.on_event("run", {"domain": domain, "user": user.user_id, "method": method.label})
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+
+def read_dynamic_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line from a killed run: that run is redone
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Future-window MAE per round (round 0: S0 on W1), the round-1 error table, persona length per round, and the
+    relative change of future MAE from round 0 to the last round, per domain and method (users that completed)."""
+    out: dict[str, Any] = {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["domain"], r["method"]), []).append(r)
+    for (domain, method), rs in sorted(groups.items()):
+        n_rounds = min(len(r["rounds"]) for r in rs)
+        future = [statistics.fmean(r["initial_error"] for r in rs)]
+        words = [statistics.fmean(len(r["initial"].split()) for r in rs)]
+        for t in range(n_rounds):
+            future.append(statistics.fmean(r["rounds"][t]["mae_after"]["future"] for r in rs))
+            words.append(statistics.fmean(r["rounds"][t]["persona_words"] for r in rs))
+        first = [r["rounds"][0] for r in rs]
+        table1 = {
+            f"{when}_{w}": statistics.fmean(x[f"mae_{when}"][w] for x in first)
+            for when in ("before", "after")
+            for w in ("previous", "current", "future")
+        }
+        committed = [x["committed"] for r in rs for x in r["rounds"][:n_rounds]]
+        out.setdefault(domain, {})[method] = {
+            "users": len(rs),
+            "future_mae_by_round": future,
+            "change_pct": 100.0 * (future[-1] - future[0]) / future[0] if future[0] else None,
+            "round1": table1,
+            "persona_words_by_round": words,
+            "committed_share": sum(committed) / len(committed) if committed else None,
+            "llm_calls_per_user": statistics.fmean(r["usage"]["calls"] for r in rs),
+            "tokens_per_user": statistics.fmean(r["usage"]["total_tokens"] for r in rs),
+        }
+    return out
+
+
+__all__ = [
+    "DynamicConfig",
+    "DynamicExperiment",
+    "DynamicSummary",
+    "load_dynamic_config",
+    "parse_dynamic_config",
+    "read_dynamic_rows",
+    "sample_users",
+    "summarise",
+]
