@@ -717,6 +717,59 @@ def eval_run(
     out.print(f"report: {paths.get('markdown', target)}")
 
 
+@eval_app.command("dynamic")
+def eval_dynamic(
+    config_file: Annotated[Path, typer.Argument(help="Dynamic experiment TOML (personalens.refinement.experiment).")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output directory (default: eval-runs/<config file stem>).")
+    ] = None,
+    report_only: Annotated[bool, typer.Option(help="Only rebuild results.md/json from rows.jsonl.")] = False,
+) -> None:
+    """DeePer-style multi-round evaluation: every strategy (and verified variant) per sampled user, future-window
+    MAE per round. Resumable: rerun the same command to continue."""
+    from personalens.factory import build_chat_model
+    from personalens.refinement.experiment import DynamicExperiment, load_dynamic_config, write_dynamic_report
+
+    config = load_dynamic_config(config_file)
+    target = out_dir or Path("eval-runs") / config_file.stem
+    info: dict[str, Any] = {}
+    if not report_only:
+        model = build_chat_model(state.settings)
+        with _progress() as progress:
+            bar = progress.add_task("refining", total=None)
+
+            def on_event(kind: str, payload: dict[str, Any]) -> None:
+                if kind == "start":
+                    progress.update(bar, total=payload["runs"])
+                else:
+                    progress.update(bar, advance=1, description=f"{payload['domain']} user {payload['user']}")
+
+            summary = DynamicExperiment(config, target, model=model, on_event=on_event).run()
+        model.close()
+        for key, error in summary.failures.items():
+            err.print(f"[red]{key}:[/] {error}")
+        info = {
+            "rows_written": summary.rows_written,
+            "rows_already_done": summary.rows_skipped,
+            "failed": len(summary.failures),
+            "usage": summary.usage.to_dict(),
+            "seconds": round(summary.seconds, 1),
+        }
+    paths = write_dynamic_report(target)
+    result: dict[str, Any] = {"out": str(target), **{k: str(v) for k, v in paths.items()}}
+    if info:
+        result["run"] = info
+    if state.json:
+        _emit(result)
+        return
+    if info:
+        out.print(
+            f"{info['rows_written']} runs written, {info['rows_already_done']} already done, {info['failed']} failed; "
+            f"{summary.usage.describe()}; {info['seconds']} s"
+        )
+    out.print(f"report: {paths['markdown']}")
+
+
 def main() -> None:
     try:
         app()

@@ -86,3 +86,16 @@ def test_config_errors_name_the_key(tmp_path):
     (tmp_path / "bad2.toml").write_text('[data]\nroot = "x"\ndomains = ["d"]\n[refine]\nstrategies = ["rewrite"]\n')
     with pytest.raises(ConfigError, match="unknown strategy"):
         load_dynamic_config(tmp_path / "bad2.toml")
+
+
+def test_report_shows_the_paper_layouts(tmp_path):
+    from personalens.refinement.experiment import write_dynamic_report
+
+    config = _config(tmp_path)
+    out = tmp_path / "out"
+    DynamicExperiment(config, out, model=_model(), predictor=LevelPredictor()).run()
+    paths = write_dynamic_report(out)
+    text = paths["markdown"].read_text()
+    assert "Future-window MAE per round" in text and "| verified-refine | 2 |" in text
+    assert "Round 1: MAE before → after" in text and "Persona length" in text
+    assert json.loads(paths["json"].read_text())["movielens_20m"]["refine"]["users"] == 2

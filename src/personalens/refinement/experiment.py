@@ -284,6 +284,58 @@ __all__ = [
     "load_dynamic_config",
     "parse_dynamic_config",
     "read_dynamic_rows",
+    "render_dynamic_markdown",
     "sample_users",
     "summarise",
+    "write_dynamic_report",
 ]
+
+
+def render_dynamic_markdown(out_dir: str | Path) -> str:
+    """results.md for a dynamic run: the Figure 4 layout as a table (future MAE per round), the round-1 Table 1
+    layout, persona length per round (Table 2) and what verified updates cost and kept."""
+    out_dir = Path(out_dir)
+    config = json.loads((out_dir / "config.json").read_text())
+    rows = read_dynamic_rows(out_dir / ROWS_FILE)
+    table = summarise(rows)
+    lines = [f"# {config['name']}", "", f"Command: `personalens eval dynamic {config.get('source')}`", ""]
+    lines.append(
+        f"Domains: {', '.join(config['domains'])}; up to {config['users_per_domain']} users each; "
+        f"{config['rounds']} rounds; {len(rows)} (user, method) runs completed. MAE is on the domain's own scale; "
+        "round 0 is the initial persona S0 predicting W1, round t the persona S_t predicting W_{t+1} (never seen "
+        "by the update)."
+    )
+    for domain, methods in table.items():
+        n = max(len(m["future_mae_by_round"]) for m in methods.values())
+        lines += ["", f"## {domain}", "", "### Future-window MAE per round (Figure 4 layout)", ""]
+        lines.append("| method | users | " + " | ".join(f"round {t}" for t in range(n)) + " | change | committed |")
+        lines.append("|---|---:|" + "---:|" * n + "---:|---:|")
+        for method, m in methods.items():
+            cells = " | ".join(f"{v:.3f}" for v in m["future_mae_by_round"])
+            change = f"{m['change_pct']:+.1f}%" if m["change_pct"] is not None else ""
+            share = f"{100 * m['committed_share']:.0f}%" if m["committed_share"] is not None else ""
+            lines.append(f"| {method} | {m['users']} | {cells} | {change} | {share} |")
+        lines += ["", "### Round 1: MAE before → after the update (Table 1 layout)", ""]
+        lines.append("| method | previous | current | future | LLM calls / user | tokens / user |")
+        lines.append("|---|---:|---:|---:|---:|---:|")
+        for method, m in methods.items():
+            r1 = m["round1"]
+            cells = " | ".join(
+                f"{r1[f'before_{w}']:.3f} → {r1[f'after_{w}']:.3f}" for w in ("previous", "current", "future")
+            )
+            lines.append(f"| {method} | {cells} | {m['llm_calls_per_user']:.0f} | {m['tokens_per_user']:.0f} |")
+        lines += ["", "### Persona length in words per round (Table 2 layout)", ""]
+        lines.append("| method | " + " | ".join(f"round {t}" for t in range(n)) + " |")
+        lines.append("|---|" + "---:|" * n)
+        for method, m in methods.items():
+            lines.append(f"| {method} | " + " | ".join(f"{v:.0f}" for v in m["persona_words_by_round"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_dynamic_report(out_dir: str | Path) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    rows = read_dynamic_rows(out_dir / ROWS_FILE)
+    paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md"}
+    paths["json"].write_text(json.dumps(summarise(rows), indent=2))
+    paths["markdown"].write_text(render_dynamic_markdown(out_dir))
+    return paths
