@@ -224,15 +224,20 @@ def parse_config(raw: dict[str, Any], *, source: str = "<config>", base: Path | 
     )
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
+def read_experiment_file(path: str | Path) -> dict[str, Any]:
+    """A parsed experiment TOML; a missing or malformed file is a :class:`ConfigError` naming it."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"experiment file not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return parse_config(raw, source=str(path), base=path.parent)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    return parse_config(read_experiment_file(path), source=str(path), base=path.parent)
 
 
 # ---------------------------------------------------------------------------------------------------- data

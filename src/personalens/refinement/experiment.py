@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import statistics
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,14 +81,10 @@ class DynamicConfig:
 
 
 def load_dynamic_config(path: str | Path) -> DynamicConfig:
+    from personalens.evaluation.experiment import read_experiment_file
+
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"experiment file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return parse_dynamic_config(raw, source=str(path), base=path.parent)
+    return parse_dynamic_config(read_experiment_file(path), source=str(path), base=path.parent)
 
 
 def parse_dynamic_config(raw: dict[str, Any], *, source: str = "<config>", base: Path | None = None) -> DynamicConfig:
