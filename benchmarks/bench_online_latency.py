@@ -37,6 +37,7 @@ from personalens.data.records import Interaction, Item
 from personalens.embed.minilm import MiniLMEmbedder
 from personalens.evaluation.candidates import draw_negatives, split_target
 from personalens.evaluation.rankers import LLMRanker, PersonaText, SummaryProfiler
+from personalens.jobs.build import behaviour_times
 from personalens.llm.base import Usage
 from personalens.llm.embedded import LlamaCppModel
 from personalens.llm.usage import UsageMeter
@@ -126,7 +127,7 @@ def main() -> None:
         liked = [x for x in history if x.label]
         items: dict[str, Item] = dataset.items
         behaviour_vecs = embedder.embed([items[x.item_id].text(FIELDS) for x in liked])  # offline for every method
-        times = np.array([x.timestamp or i for i, x in enumerate(liked)], dtype=float)
+        times = behaviour_times(liked)
         negatives = draw_negatives(pool, set(dataset.history(user).item_ids), max(args.sizes) - 1, args.seed, user)
         all_candidates = [target.item_id, *negatives]
 

@@ -58,7 +58,9 @@ class RankingTask:
         return self.candidates.index(self.positive)
 
 
-def _is_liked(x: Interaction, like_above: float | None) -> bool:
+def is_liked(x: Interaction, like_above: float | None) -> bool:
+    """A like: its label when it has one, else no rating at all, else a rating above ``like_above`` (any rating
+    when ``like_above`` is ``None``)."""
     if x.label is not None:
         return x.label
     if x.rating is None:
@@ -72,7 +74,7 @@ def split_target(history: History, rule: TargetRule, *, like_above: float | None
     if rule == "last":
         index = len(rows) - 1
     elif rule == "last_liked":
-        index = next((i for i in range(len(rows) - 1, -1, -1) if _is_liked(rows[i], like_above)), -1)
+        index = next((i for i in range(len(rows) - 1, -1, -1) if is_liked(rows[i], like_above)), -1)
         if index < 0:
             raise ValueError(f"user {history.user_id!r} has no liked interaction to hold out")
     else:
@@ -262,6 +264,7 @@ __all__ = [
     "RankingTask",
     "catalogue_fingerprint",
     "draw_negatives",
+    "is_liked",
     "load_tasks",
     "make_tasks",
     "prepare_tasks",

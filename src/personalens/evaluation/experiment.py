@@ -60,7 +60,7 @@ import numpy as np
 from personalens.data.records import Dataset, Interaction
 from personalens.embed.base import Embedder
 from personalens.errors import ConfigError, PersonaLensError
-from personalens.evaluation.candidates import CandidateSpec, RankingTask, prepare_tasks
+from personalens.evaluation.candidates import CandidateSpec, RankingTask, is_liked, prepare_tasks
 from personalens.evaluation.metrics import parse_metric_names, rank_of, ranking_metrics_by_name
 from personalens.evaluation.plans import SAMPLER_NAMES, MethodSpec, Plan, make_plan, specs_for
 from personalens.evaluation.rankers import (
@@ -72,6 +72,7 @@ from personalens.evaluation.rankers import (
     Ranker,
     SummaryProfiler,
 )
+from personalens.jobs.build import behaviour_times
 from personalens.llm.base import ChatModel, Usage
 
 ROWS_FILE = "rows.jsonl"
@@ -271,12 +272,7 @@ def _natural(user_id: str) -> tuple[int, int | str]:
 def profiled_behaviours(task: RankingTask, config: ExperimentConfig) -> list[Interaction]:
     if config.data.behaviours == "all":
         return list(task.history)
-    like_above = config.data.like_above
-    return [
-        x
-        for x in task.history
-        if (x.label if x.label is not None else (x.rating is None or like_above is None or x.rating > like_above))
-    ]
+    return [x for x in task.history if is_liked(x, config.data.like_above)]
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -459,7 +455,7 @@ class RankingExperiment:
             raise PersonaLensError(f"user {task.user_id!r} has no behaviours to profile")
         fields = self.config.data.item_fields
         b_vec = self.embedder.embed([dataset.item(x.item_id).text(fields) for x in behaviours])
-        times = np.array([x.timestamp if x.timestamp is not None else i for i, x in enumerate(behaviours)], float)
+        times = behaviour_times(behaviours)
         cand_items = [dataset.item(c) for c in task.candidates]
         c_vec = self.embedder.embed([item.text(fields) for item in cand_items])
         positive = task.positive_index

@@ -23,7 +23,6 @@ from typing import Any, Literal
 import numpy as np
 
 from personalens.selection import PersonaXSelector, make_sampler
-from personalens.selection.allocation import budget_from_ratio
 from personalens.selection.baselines import BOUNDARY_ALPHA, CENTROID_ALPHA
 
 SAMPLER_NAMES = ("full", "random", "recent", "relevance", "centroid", "boundary", "personax", "personax-single")
@@ -109,12 +108,6 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
-def reference_budget(embeddings: np.ndarray, ratio: float, reference: PersonaXSelector) -> int:
-    """PersonaX's k for this history at ``ratio`` under the reference clustering: max(m, ⌈n·ratio⌉), capped at n."""
-    selection = reference.select(embeddings, budget=None)
-    return budget_from_ratio(len(embeddings), selection.n_clusters, ratio)
-
-
 def make_plan(
     spec: MethodSpec,
     behaviours: np.ndarray,
@@ -188,4 +181,4 @@ def specs_for(
     return out
 
 
-__all__ = ["SAMPLER_NAMES", "MethodSpec", "Plan", "make_plan", "reference_budget", "specs_for"]
+__all__ = ["SAMPLER_NAMES", "MethodSpec", "Plan", "make_plan", "specs_for"]
