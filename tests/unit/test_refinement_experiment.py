@@ -99,3 +99,92 @@ def test_report_shows_the_paper_layouts(tmp_path):
     assert "Future-window MAE per round" in text and "| verified-refine | 2 |" in text
     assert "Round 1: MAE before → after" in text and "Persona length" in text
     assert json.loads(paths["json"].read_text())["movielens_20m"]["refine"]["users"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------- plots
+def _plotted_run(tmp_path):
+    config = _config(tmp_path)
+    out = tmp_path / "out"
+    DynamicExperiment(config, out, model=_model(), predictor=LevelPredictor()).run()
+    return out
+
+
+def test_report_draws_figure4_and_table2_plots_and_links_them(tmp_path):
+    pytest.importorskip("matplotlib")
+    from personalens.refinement.experiment import write_dynamic_report
+
+    out = _plotted_run(tmp_path)
+    paths = write_dynamic_report(out)
+    assert paths["fig4"] == out / "fig4_future_mae.png"
+    assert paths["table2_plot"] == out / "table2_persona_words.png"
+    for key in ("fig4", "table2_plot"):
+        assert paths[key].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    text = paths["markdown"].read_text()
+    assert "## Plots" in text and text.index("## Plots") < text.index("## movielens_20m")
+    assert "![Future-window MAE per round (Figure 4 layout)](fig4_future_mae.png)" in text
+    assert "(table2_persona_words.png)" in text
+
+
+def test_without_matplotlib_no_plots_and_the_report_still_writes(tmp_path, monkeypatch):
+    import sys
+
+    from personalens.refinement.experiment import plot_dynamic, write_dynamic_report
+
+    out = _plotted_run(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    summary = summarise(read_dynamic_rows(out / "rows.jsonl"))
+    assert plot_dynamic(summary, out) == {}
+    paths = write_dynamic_report(out)
+    assert set(paths) == {"json", "markdown"}
+    text = paths["markdown"].read_text()
+    assert "## Plots" not in text and ".png" not in text and "| verified-refine | 2 |" in text
+    assert not list(out.glob("*.png"))
+
+
+def _row(domain, user, method, n_rounds, level=1.0):
+    window = {"previous": level, "current": level, "future": level}
+    rounds = [
+        {
+            "mae_before": window,
+            "mae_after": {**window, "future": level - 0.1 * (t + 1)},
+            "persona_words": 100 + 10 * t,
+            "committed": True,
+        }
+        for t in range(n_rounds)
+    ]
+    return {
+        "domain": domain,
+        "user": user,
+        "method": method,
+        "initial": "a short persona",
+        "initial_error": level,
+        "rounds": rounds,
+        "usage": {"calls": n_rounds, "total_tokens": 10 * n_rounds},
+    }
+
+
+def test_plots_cope_with_several_domains_and_uneven_round_counts(tmp_path):
+    pytest.importorskip("matplotlib")
+    from personalens.refinement.experiment import _method_order, plot_dynamic, write_dynamic_report
+
+    rows = [
+        _row("books", "u1", "refine", 3),
+        _row("books", "u2", "refine", 3),
+        _row("books", "u1", "zz_custom", 1),
+        _row("food", "u1", "refine", 2, level=2.0),
+        _row("food", "u1", "verified-refine", 4, level=2.0),
+    ]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {"name": "toy", "source": "toy.toml", "domains": ["books", "food"], "users_per_domain": 2, "rounds": 4}
+    (out / "config.json").write_text(json.dumps(config))
+    summary = summarise(rows)
+    assert _method_order(summary) == ["refine", "verified-refine", "zz_custom"]
+    assert len(summary["books"]["refine"]["future_mae_by_round"]) == 4
+    assert len(summary["food"]["verified-refine"]["persona_words_by_round"]) == 5
+    paths = write_dynamic_report(out)
+    assert {"fig4", "table2_plot"} <= set(paths) and "## Plots" in paths["markdown"].read_text()
+    assert all(paths[k].read_bytes().startswith(b"\x89PNG") for k in ("fig4", "table2_plot"))
+    assert plot_dynamic({}, tmp_path / "empty") == {}

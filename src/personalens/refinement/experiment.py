@@ -5,7 +5,8 @@ number of rounds from the same initial persona; one JSON line per (domain, user,
 soon as that user is done, so a killed run resumes where it stopped (and the LLM response cache makes the shared
 initial personas and predictions free). ``summarise`` turns the rows into the paper's layouts: future-window MAE per
 round (Figure 4), previous/current/future errors before and after round 1 (Table 1), persona length per round
-(Table 2).
+(Table 2); ``write_dynamic_report`` writes them to results.json/results.md and, when matplotlib is installed,
+draws Figure 4 and Table 2 as ``fig4_future_mae.png`` and ``table2_persona_words.png`` (``plot_dynamic``).
 
 Example configuration::
 
@@ -29,9 +30,11 @@ Example configuration::
 from __future__ import annotations
 
 import json
+import math
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,15 @@ from personalens.refinement.strategies import STRATEGIES, PersonaWriter
 from personalens.refinement.windows import UserWindows, windows_from_deeper
 
 ROWS_FILE = "rows.jsonl"
+FIG4_FILE = "fig4_future_mae.png"
+TABLE2_PLOT_FILE = "table2_persona_words.png"
+# Plot key -> (file name, alt text in results.md); the keys are also the keys write_dynamic_report returns.
+PLOT_FILES: dict[str, tuple[str, str]] = {
+    "fig4": (FIG4_FILE, "Future-window MAE per round (Figure 4 layout)"),
+    "table2_plot": (TABLE2_PLOT_FILE, "Persona length in words per round (Table 2 layout)"),
+}
+# Methods in this order (so each keeps its colour and marker in every subplot), any others after them alphabetically.
+METHOD_ORDER = ("refine", "slide_regen", "full_regen", "inc_update", "hier_merge", "verified-refine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +290,7 @@ __all__ = [
     "DynamicSummary",
     "load_dynamic_config",
     "parse_dynamic_config",
+    "plot_dynamic",
     "read_dynamic_rows",
     "render_dynamic_markdown",
     "sample_users",
@@ -286,10 +299,13 @@ __all__ = [
 ]
 
 
-def render_dynamic_markdown(out_dir: str | Path) -> str:
+def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | None = None) -> str:
     """results.md for a dynamic run: the Figure 4 layout as a table (future MAE per round), the round-1 Table 1
-    layout, persona length per round (Table 2) and what verified updates cost and kept."""
+    layout, persona length per round (Table 2) and what verified updates cost and kept. ``plots`` (as returned by
+    ``plot_dynamic``) are linked under "## Plots"; left as None, the plot files already in ``out_dir`` are."""
     out_dir = Path(out_dir)
+    if plots is None:
+        plots = {key: out_dir / name for key, (name, _) in PLOT_FILES.items() if (out_dir / name).exists()}
     config = json.loads((out_dir / "config.json").read_text())
     rows = read_dynamic_rows(out_dir / ROWS_FILE)
     table = summarise(rows)
@@ -300,6 +316,11 @@ def render_dynamic_markdown(out_dir: str | Path) -> str:
         "round 0 is the initial persona S0 predicting W1, round t the persona S_t predicting W_{t+1} (never seen "
         "by the update)."
     )
+    linked = [(PLOT_FILES[key][1], path) for key, path in plots.items() if key in PLOT_FILES]
+    if linked:
+        lines += ["", "## Plots"]
+        for alt, path in linked:
+            lines += ["", f"![{alt}]({path.name})"]
     for domain, methods in table.items():
         n = max(len(m["future_mae_by_round"]) for m in methods.values())
         lines += ["", f"## {domain}", "", "### Future-window MAE per round (Figure 4 layout)", ""]
@@ -328,9 +349,122 @@ def render_dynamic_markdown(out_dir: str | Path) -> str:
 
 
 def write_dynamic_report(out_dir: str | Path) -> dict[str, Path]:
+    """results.json, the plots (when matplotlib is installed) and results.md linking them. Returns ``{"json": ...,
+    "markdown": ..., "fig4": ..., "table2_plot": ...}``, the plot keys only for the figures written."""
     out_dir = Path(out_dir)
     rows = read_dynamic_rows(out_dir / ROWS_FILE)
+    summary = summarise(rows)
     paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md"}
-    paths["json"].write_text(json.dumps(summarise(rows), indent=2))
-    paths["markdown"].write_text(render_dynamic_markdown(out_dir))
-    return paths
+    paths["json"].write_text(json.dumps(summary, indent=2))
+    plots = plot_dynamic(summary, out_dir)
+    paths["markdown"].write_text(render_dynamic_markdown(out_dir, plots=plots))
+    return {**paths, **plots}
+
+
+def _method_order(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Every method in ``summary`` (all domains): METHOD_ORDER's first, then the rest alphabetically."""
+    methods = {m for by_method in summary.values() for m in by_method}
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return sorted(methods, key=lambda m: (rank.get(m, len(rank)), m))
+
+
+def _user_counts(summary: Mapping[str, Mapping[str, Any]], method: str) -> str:
+    counts = sorted({int(by_method[method]["users"]) for by_method in summary.values() if method in by_method})
+    if not counts:
+        return "n=0"
+    return f"n={counts[0]}" if len(counts) == 1 else f"n={counts[0]}–{counts[-1]}"
+
+
+def _save_png(fig: Any, path: Path) -> Path:
+    """Save ``fig`` as PNG next to ``path`` and rename it into place, so a killed run never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _plot_per_domain(
+    plt: Any, summary: Mapping[str, Mapping[str, Any]], key: str, ylabel: str, title: str, path: Path
+) -> Path:
+    """One subplot per domain (at most 3 per row), x = update round, one line per method with ``summary``'s
+    ``key`` series; a shared legend below, every method in the same colour and marker everywhere."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    domains = list(summary)
+    methods = _method_order(summary)
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    markers = "osD^vP<>Xph*"
+    style = {m: (palette(i % palette.N), markers[i % len(markers)]) for i, m in enumerate(methods)}
+    ncols = min(len(domains), 3)
+    nrows = math.ceil(len(domains) / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(0.5 + 4.2 * ncols, 1.2 + 3.3 * nrows), layout="constrained", squeeze=False
+    )
+    try:
+        flat: Sequence[Any] = axes.ravel().tolist()
+        for ax, domain in zip(flat, domains, strict=False):
+            for method in methods:
+                entry = summary[domain].get(method)
+                if entry is None:
+                    continue
+                values = [v if v is not None else math.nan for v in entry[key]]
+                colour, marker = style[method]
+                ax.plot(range(len(values)), values, color=colour, marker=marker, linewidth=1.5, markersize=5)
+            ax.set_title(domain)
+            ax.set_xlabel("update round")
+            ax.set_ylabel(ylabel)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(True, alpha=0.3)
+        for ax in flat[len(domains) :]:
+            ax.set_visible(False)
+        handles = [
+            Line2D([], [], color=style[m][0], marker=style[m][1], label=f"{m} ({_user_counts(summary, m)})")
+            for m in methods
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize="small")
+        fig.suptitle(title)
+        return _save_png(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_dynamic(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Draw ``summarise``'s result into ``out_dir``: ``fig4_future_mae.png`` (mean future-window MAE per round, the
+    paper's Figure 4 layout) and ``table2_persona_words.png`` (mean persona length in words per round, Table 2),
+    each one subplot per domain. Returns ``{"fig4": path, "table2_plot": path}``, or {} when matplotlib is not
+    installed or there is nothing to draw."""
+    if not summary or not any(summary.values()):
+        return {}
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    drawn = {name: by_method for name, by_method in summary.items() if by_method}
+    return {
+        "fig4": _plot_per_domain(
+            plt,
+            drawn,
+            "future_mae_by_round",
+            "future-window MAE",
+            "Future-window MAE per update round (Figure 4 layout)",
+            out_dir / FIG4_FILE,
+        ),
+        "table2_plot": _plot_per_domain(
+            plt,
+            drawn,
+            "persona_words_by_round",
+            "persona length (words)",
+            "Persona length per update round (Table 2 layout)",
+            out_dir / TABLE2_PLOT_FILE,
+        ),
+    }
