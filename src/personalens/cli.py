@@ -408,6 +408,132 @@ def build(
         err.print(f"[yellow]stopped early:[/] {report.stopped}; run again to continue")
 
 
+def _refine_users(
+    deeper: Path | None, data: Path | None, fmt: str, window: int, domain: str, lenient: bool
+) -> list[Any]:
+    """Users as rated windows: from a DeePer domain folder (its round files) or from any rated dataset."""
+    from personalens.refinement.windows import windows_from_deeper, windows_from_history
+
+    if deeper is not None and data is not None:
+        raise typer.BadParameter("give --deeper or --data, not both")
+    if deeper is not None:
+        from personalens.data._validate import LoadReport
+        from personalens.data.deeper import load_deeper_iterations
+
+        report = LoadReport()
+        rounds = load_deeper_iterations(deeper, strict=not lenient, report=report)
+        for kind, count in sorted(report.counts.items()):
+            err.print(f"[yellow]{deeper}: skipped or noted {count} × {kind}[/]")
+        return windows_from_deeper(rounds)
+    dataset = _dataset(data, fmt)
+    out = []
+    for history in dataset.histories(min_length=2 * window):
+        out.append(windows_from_history(dataset, history, size=window, domain=domain))
+    return out
+
+
+@app.command()
+def refine(
+    deeper: Annotated[
+        Path | None, typer.Option(help="A DeePer domain folder (test_iteration_k.jsonl files) to read windows from.")
+    ] = None,
+    data: DataOpt = None,
+    fmt: FormatOpt = "movielens",
+    window: Annotated[int, typer.Option(help="Window size when windows are cut from --data histories.")] = 10,
+    domain: Annotated[str, typer.Option(help="What the items are, for the prompts (with --data).")] = "movies",
+    user: Annotated[list[str] | None, typer.Option("--user", help="Refine only these users (repeatable).")] = None,
+    users: Annotated[int | None, typer.Option(help="Refine at most this many users (sorted by id).")] = None,
+    strategy: Annotated[
+        str, typer.Option(help="refine | slide_regen | full_regen | inc_update | hier_merge")
+    ] = "refine",
+    verified: Annotated[
+        bool, typer.Option(help="Sample candidates and commit one only if it lowers previous+current MAE.")
+    ] = False,
+    candidates: Annotated[int, typer.Option(help="Candidates per verified update (M).")] = 4,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature of candidates 2..M.")] = 0.8,
+    rounds: Annotated[int | None, typer.Option(help="Rounds to run (default: every window after W0).")] = None,
+    initial: Annotated[
+        str, typer.Option(help="window: write S0 from W0; current: start from the user's stored persona.")
+    ] = "window",
+    min_words: Annotated[int, typer.Option(help="Persona length floor in words.")] = 200,
+    max_words: Annotated[int, typer.Option(help="Persona length bound in words.")] = 320,
+    predictor: Annotated[
+        str, typer.Option(help="probability (token probabilities) or structured (JSON; remote models).")
+    ] = "probability",
+    lenient: Annotated[bool, typer.Option(help="Skip malformed lines in --deeper files instead of failing.")] = False,
+    store_path: StoreOpt = None,
+    run_id: Annotated[str | None, typer.Option(help="Name of the run (to resume it by name).")] = None,
+) -> None:
+    """DeePer dynamic refinement: per user, predict each new window with the current persona, compare with the
+    actual ratings and update the persona; every round is stored as a version with its errors and lineage.
+    Resumable: rerun to continue; new windows are refined on top of what is stored."""
+    from personalens.factory import build_chat_model, build_embedder
+    from personalens.jobs.refine import RefineJob
+    from personalens.refinement.loop import ProbabilityPredictor, RefineConfig, StructuredPredictor
+
+    if predictor not in ("probability", "structured"):
+        raise typer.BadParameter("--predictor must be probability or structured")
+    if initial not in ("window", "current"):
+        raise typer.BadParameter("--initial must be window or current")
+    try:
+        config = RefineConfig(strategy, verified=verified, candidates=candidates, temperature=temperature)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    all_users = sorted(_refine_users(deeper, data, fmt, window, domain, lenient), key=lambda u: u.user_id)
+    if user:
+        by_id = {u.user_id: u for u in all_users}
+        missing = [u for u in user if u not in by_id]
+        if missing:
+            raise typer.BadParameter(f"no windows for user(s) {', '.join(missing)}")
+        chosen = [by_id[u] for u in user]
+    else:
+        chosen = all_users
+    if users is not None:
+        chosen = chosen[:users]
+    if not chosen:
+        raise typer.BadParameter("no user has at least two windows")
+    model = build_chat_model(state.settings)
+    embedder = build_embedder(state.settings)
+    scorer = ProbabilityPredictor(model) if predictor == "probability" else StructuredPredictor(model)
+    with _store(store_path) as store, _progress() as progress:
+        bar = progress.add_task("refining", total=None)
+
+        def on_event(kind: str, user_id: str, payload: dict[str, Any]) -> None:
+            if kind == "start":
+                progress.update(bar, total=payload["rounds"])
+            elif kind == "round" and payload["round"] > 0:
+                kept = "" if payload["committed"] else " (kept)"
+                progress.update(bar, advance=1, description=f"user {user_id}: round {payload['round']}{kept}")
+
+        job = RefineJob(
+            model,
+            scorer,
+            embedder,
+            store,
+            config,
+            min_words=min_words,
+            max_words=max_words,
+            rounds=rounds,
+            initial=initial,  # type: ignore[arg-type]
+            on_event=on_event,
+        )
+        report = job.run(chosen, run_id=run_id)
+    model.close()
+    summary = report.to_json() | {"store": str(store_path or state.settings.store), "model": model.model_id}
+    if state.json:
+        _emit(summary)
+        return
+    out.print(
+        f"{summary['users']} users: {summary['refined']} refined, {summary['cached']} already done (skipped), "
+        f"{summary['failed']} failed; {summary['rounds_run']} rounds run, {summary['committed']} committed"
+    )
+    out.print(f"usage: {report.usage.describe()}; wall time {report.seconds:.1f} s (run {report.run_id})")
+    for user_id, error in summary["failures"].items():
+        err.print(f"[red]user {user_id}:[/] {error}")
+    if report.stopped:
+        err.print(f"[yellow]stopped early:[/] {report.stopped}; run again to continue")
+
+
 @app.command()
 def personas(
     user: Annotated[str, typer.Argument(help="User id.")],

@@ -1,4 +1,4 @@
-"""Offline batch jobs: building persona sets for many users, resumably."""
+"""Offline batch jobs, resumable: building PersonaX persona sets and refining personas over new windows."""
 
 from personalens.jobs.build import (
     BuildConfig,
@@ -8,5 +8,16 @@ from personalens.jobs.build import (
     behaviour_times,
     split_history,
 )
+from personalens.jobs.refine import RefineJob, RefineOutcome, RefineReport
 
-__all__ = ["BuildConfig", "BuildReport", "PersonaXBuilder", "UserOutcome", "behaviour_times", "split_history"]
+__all__ = [
+    "BuildConfig",
+    "BuildReport",
+    "PersonaXBuilder",
+    "RefineJob",
+    "RefineOutcome",
+    "RefineReport",
+    "UserOutcome",
+    "behaviour_times",
+    "split_history",
+]

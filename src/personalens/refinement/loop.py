@@ -152,7 +152,7 @@ class RoundRecord:
 class UserTrace:
     user_id: str
     initial: str
-    initial_error: float  # MAE of S0 on W1, the baseline every round is compared with
+    initial_error: float  # MAE of the starting persona on W_start (S0 on W1), the baseline rounds compare with
     rounds: list[RoundRecord]
     usage: Usage
 
@@ -200,15 +200,23 @@ class DynamicRefiner:
         fut = self._scored(persona, w.future, user)[0] if future and w.future is not None else None
         return WindowErrors(self._scored(persona, w.previous, user)[0], self._scored(persona, w.current, user)[0], fut)
 
-    def run(self, user: UserWindows, *, rounds: int | None = None, initial: str | None = None) -> UserTrace:
-        """Initialise (or start from ``initial``) and run ``rounds`` update rounds (default: every round with a
-        future window). The future window is only ever used to score, never shown to the writer or the gate."""
+    def run(
+        self, user: UserWindows, *, rounds: int | None = None, initial: str | None = None, start: int = 1
+    ) -> UserTrace:
+        """Initialise (or start from ``initial``) and run update rounds ``start``..``rounds`` (default: every round
+        with a future window). The future window is only ever used to score, never shown to the writer or the gate.
+        ``start`` > 1 resumes a user whose earlier rounds are done: ``initial`` is then the persona they produced,
+        and :attr:`UserTrace.initial_error` is its MAE on W_start."""
         self._errors.clear()
         self._usage = Usage()
         n = user.n_rounds if rounds is None else rounds
         if not 1 <= n <= len(user.windows) - 1:
             last = len(user.windows) - 1
             raise ValueError(f"user {user.user_id!r} has {len(user.windows)} windows: rounds must be 1..{last}")
+        if not 1 <= start <= n:
+            raise ValueError(f"start round {start} out of range 1..{n}")
+        if start > 1 and initial is None:
+            raise ValueError("resuming at a later round needs the persona the earlier rounds produced (initial=)")
         if initial is None:
             written = self.writer.initial(user.windows[0])
             self._usage = self._usage + written.usage
@@ -217,7 +225,7 @@ class DynamicRefiner:
             persona = initial
         s0 = persona
         records = []
-        for t in range(1, n + 1):
+        for t in range(start, n + 1):
             started = time.perf_counter()
             usage_before = self._usage
             w = user.round(t)
@@ -261,7 +269,7 @@ class DynamicRefiner:
             records.append(record)
             self.on_round(user.user_id, record)
             persona = new
-        baseline = self._scored(s0, user.windows[1], user)[0]
+        baseline = self._scored(s0, user.windows[start], user)[0]
         return UserTrace(user.user_id, s0, baseline, records, self._usage)
 
 

@@ -1,0 +1,357 @@
+"""The DeePer refinement job: run the dynamic persona loop for many users and store every round as a persona version.
+
+Lineage. Round 0 (the initial persona S0, written from W0) is stored as a version without a parent, unless the job
+starts from the user's current persona (``initial="current"``), which then is round 0. Round t is stored as a new
+version whose parent is the persona in effect before it, with the strategy, the window, the MAE on the previous,
+current and future windows before and after, the rewards and (verified mode) the gate's decision in the persona's
+``meta``. A verified round whose candidates did not lower the known error is stored too (``committed`` false, the
+old text kept, the reason in its note) but is not made current: the old persona stays in effect.
+
+Resuming. Every round's version carries the job's configuration hash and a hash of the windows it had seen
+(W0..Wt). A rerun finds the user's latest round stored under the same configuration whose windows still match the
+data, and goes on from the next round; users with every round stored are skipped. When new windows arrive, the
+same command refines over just the new ones. If the earlier windows changed, the user starts again from S0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from personalens.embed.base import Embedder
+from personalens.errors import BudgetExceeded, PersonaLensError
+from personalens.llm.base import ChatModel, Usage
+from personalens.refinement.loop import DynamicRefiner, Predictor, RefineConfig, RoundRecord
+from personalens.refinement.prompts import RatedItem
+from personalens.refinement.strategies import PersonaWriter
+from personalens.refinement.windows import UserWindows
+from personalens.store import Persona, PersonaSet, PersonaStore
+
+REFINE_CREATOR = "deeper-refine"
+InitialFrom = Literal["window", "current"]
+
+
+def windows_fingerprint(windows: Sequence[Sequence[RatedItem]]) -> str:
+    """sha256 of the windows' item texts and ratings, in order (predictions are not data and are left out)."""
+    h = hashlib.sha256()
+    for w in windows:
+        h.update(json.dumps([[x.text, x.rating] for x in w], ensure_ascii=False).encode("utf-8"))
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+@dataclass(slots=True)
+class RefineOutcome:
+    """One user's result: ``refined`` (rounds ran now), ``cached`` (every round was stored) or ``failed``."""
+
+    user_id: str
+    status: Literal["refined", "cached", "failed"]
+    rounds_run: int = 0
+    rounds_stored: int = 0
+    committed: int = 0
+    versions: list[int] = field(default_factory=list)
+    current_version: int | None = None
+    future_mae: list[float] = field(default_factory=list)  # MAE on W_{t+1} of the persona in effect after round t
+    usage: Usage = field(default_factory=Usage)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class RefineReport:
+    run_id: str
+    outcomes: list[RefineOutcome]
+    usage: Usage
+    seconds: float
+    stopped: str | None = None
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "users": len(self.outcomes),
+            "refined": self.count("refined"),
+            "cached": self.count("cached"),
+            "failed": self.count("failed"),
+            "rounds_run": sum(o.rounds_run for o in self.outcomes),
+            "committed": sum(o.committed for o in self.outcomes),
+            "usage": self.usage.to_dict(),
+            "seconds": round(self.seconds, 2),
+            "users_detail": {
+                o.user_id: {
+                    "status": o.status,
+                    "rounds_run": o.rounds_run,
+                    "rounds_stored": o.rounds_stored,
+                    "current_version": o.current_version,
+                    "future_mae": [round(v, 4) for v in o.future_mae],
+                }
+                for o in self.outcomes
+            },
+            "failures": {o.user_id: o.error for o in self.outcomes if o.status == "failed"},
+            "stopped": self.stopped,
+        }
+
+
+@dataclass(slots=True)
+class _Chain:
+    """What is stored for a user under one configuration: the last round and the persona in effect after it."""
+
+    last_round: int
+    persona: str
+    effective_version: int
+
+
+class RefineJob:
+    """Refines and stores personas for many users. ``on_event(kind, user_id, payload)`` reports progress: ``start``
+    (rounds to run), ``round`` (one round stored), ``user`` (one user finished)."""
+
+    def __init__(
+        self,
+        model: ChatModel,
+        predictor: Predictor,
+        embedder: Embedder,
+        store: PersonaStore,
+        config: RefineConfig | None = None,
+        *,
+        min_words: int = 200,
+        max_words: int = 320,
+        rounds: int | None = None,
+        initial: InitialFrom = "window",
+        on_event: Callable[[str, str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        if initial not in ("window", "current"):
+            raise ValueError(f"initial must be 'window' or 'current', not {initial!r}")
+        if rounds is not None and rounds < 1:
+            raise ValueError("rounds must be >= 1")
+        self.model = model
+        self.predictor = predictor
+        self.embedder = embedder
+        self.store = store
+        self.config = config or RefineConfig()
+        self.min_words = min_words
+        self.max_words = max_words
+        self.rounds = rounds
+        self.initial = initial
+        self.on_event = on_event or (lambda kind, user, payload: None)
+
+    # ------------------------------------------------------------------ configuration
+    def _writer(self, user: UserWindows) -> PersonaWriter:
+        return PersonaWriter(
+            self.model, domain=user.domain, scale=user.scale, min_words=self.min_words, max_words=self.max_words
+        )
+
+    def run_config(self) -> dict[str, Any]:
+        """Everything but the data that determines the stored personas (one hash per job configuration)."""
+        probe = DynamicRefiner(
+            PersonaWriter(
+                self.model, domain="items", scale=(1, 5, 1), min_words=self.min_words, max_words=self.max_words
+            ),
+            self.predictor,
+            self.config,
+        )
+        return {
+            "refine": probe.describe() | {"max_words": self.max_words},
+            "embedder": self.embedder.model_id,
+            "initial": self.initial,
+        }
+
+    def user_config(self, user: UserWindows, start: PersonaSet | None) -> tuple[dict[str, Any], str]:
+        config = self.run_config() | {
+            "source": user.source,
+            "domain": user.domain,
+            "scale": list(user.scale),
+        }
+        if start is not None:
+            config["initial_version"] = start.version
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8")).hexdigest()
+        return config, digest[:16]
+
+    def planned_rounds(self, user: UserWindows) -> int:
+        """Rounds 1..n: every window after W0 by default (the last round has no future window to score)."""
+        available = len(user.windows) - 1
+        return available if self.rounds is None else min(self.rounds, available)
+
+    # ------------------------------------------------------------------ stored state
+    def _chain(self, user: UserWindows, config_hash: str) -> _Chain | None:
+        """The latest stored round for this configuration whose seen windows still match the data."""
+        rows = [
+            v for v in self.store.versions(user.user_id) if v.config_hash == config_hash and v.creator == REFINE_CREATOR
+        ]
+        for info in sorted(rows, key=lambda v: v.version, reverse=True):
+            stored = self.store.get(user.user_id, info.version)
+            if stored is None or len(stored.personas) != 1:
+                continue
+            meta = stored.personas[0].meta
+            t = int(meta.get("round", -1))
+            if not 0 <= t < len(user.windows) or meta.get("seen_sha256") != windows_fingerprint(user.up_to(t)):
+                continue
+            effective = info.version if meta.get("committed", True) else int(stored.parent_version or info.version)
+            return _Chain(t, stored.personas[0].text, effective)
+        return None
+
+    def _persona(self, user: UserWindows, text: str, t: int, meta: dict[str, Any]) -> Persona:
+        seen = [x.text for w in user.up_to(t) for x in w]
+        vectors = self.embedder.embed([*seen, text])
+        centroid = np.asarray(vectors[:-1], dtype=np.float32).mean(axis=0)
+        return Persona(
+            cluster=0,
+            text=text,
+            centroid=centroid.astype(np.float32),
+            cluster_size=len(seen),
+            budget=len(seen),
+            embedding=np.asarray(vectors[-1], dtype=np.float32),
+            meta=meta | {"round": t, "seen_sha256": windows_fingerprint(user.up_to(t))},
+        )
+
+    def _save(
+        self,
+        user: UserWindows,
+        persona: Persona,
+        config: dict[str, Any],
+        config_hash: str,
+        *,
+        parent: int | None,
+        note: str,
+        make_current: bool,
+    ) -> PersonaSet:
+        return self.store.save(
+            user.user_id,
+            [persona],
+            creator=REFINE_CREATOR,
+            method=f"deeper:{self.config.label}",
+            config=config,
+            config_hash=config_hash,
+            embedder_id=self.embedder.model_id,
+            parent_version=parent,
+            note=note,
+            make_current=make_current,
+        )
+
+    # ------------------------------------------------------------------ one user
+    def refine_user(self, user: UserWindows) -> RefineOutcome:
+        started = time.perf_counter()
+        n = self.planned_rounds(user)
+        start_set = None
+        if self.initial == "current":
+            start_set = self.store.current(user.user_id)
+            if start_set is None:
+                raise PersonaLensError(f"user {user.user_id!r} has no stored persona to start from")
+            if len(start_set.personas) != 1:
+                raise PersonaLensError(
+                    f"user {user.user_id!r}: the current version {start_set.version} holds "
+                    f"{len(start_set.personas)} personas; refinement starts from a single persona"
+                )
+        config, config_hash = self.user_config(user, start_set)
+        outcome = RefineOutcome(user.user_id, "refined")
+        chain = self._chain(user, config_hash)
+        writer = self._writer(user)
+        if chain is None:
+            if start_set is not None:
+                chain = _Chain(0, start_set.personas[0].text, start_set.version)
+            else:
+                written = writer.initial(user.windows[0])
+                outcome.usage = outcome.usage + written.usage
+                meta = {
+                    "strategy": "initial",
+                    "committed": True,
+                    "usage": written.usage.to_dict(),
+                    "flags": {"short": written.short, "leaked": list(written.leaked), "attempts": written.attempts},
+                }
+                saved = self._save(
+                    user,
+                    self._persona(user, written.text, 0, meta),
+                    config,
+                    config_hash,
+                    parent=None,
+                    note="initial persona from window 0",
+                    make_current=True,
+                )
+                outcome.versions.append(saved.version)
+                chain = _Chain(0, written.text, saved.version)
+                self.on_event("round", user.user_id, {"round": 0, "of": n, "committed": True})
+        outcome.rounds_stored = chain.last_round
+        if chain.last_round >= n:
+            outcome.status = "cached"
+            outcome.current_version = chain.effective_version
+            outcome.seconds = time.perf_counter() - started
+            return outcome
+        effective = chain.effective_version
+
+        def on_round(_user_id: str, record: RoundRecord) -> None:
+            nonlocal effective
+            meta = {k: v for k, v in record.to_dict().items() if k != "persona"}
+            meta["window"] = record.round
+            if record.committed:
+                note = f"round {record.round}: {record.strategy} on window {record.round}"
+            else:
+                reason = record.gate.reason if record.gate is not None else "not committed"
+                note = f"round {record.round}: version {effective} stays in effect; {reason}"
+            saved = self._save(
+                user,
+                self._persona(user, record.persona, record.round, meta),
+                config,
+                config_hash,
+                parent=effective,
+                note=note,
+                make_current=record.committed,
+            )
+            outcome.versions.append(saved.version)
+            outcome.rounds_run += 1
+            outcome.rounds_stored = record.round
+            outcome.committed += int(record.committed)
+            if record.after.future is not None:
+                outcome.future_mae.append(record.after.future)
+            if record.committed:
+                effective = saved.version
+            self.on_event("round", user.user_id, {"round": record.round, "of": n, "committed": record.committed})
+
+        refiner = DynamicRefiner(writer, self.predictor, self.config, on_round=on_round)
+        trace = refiner.run(user, rounds=n, initial=chain.persona, start=chain.last_round + 1)
+        outcome.usage = outcome.usage + trace.usage
+        outcome.current_version = effective
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    # ------------------------------------------------------------------ many users
+    def run(self, users: Sequence[UserWindows], *, run_id: str | None = None) -> RefineReport:
+        """Refine every user; one user's failure is recorded and the run goes on (the rounds it stored stay and a
+        rerun continues after them); a budget cap stops the run cleanly."""
+        run_id = run_id or uuid.uuid4().hex[:12]
+        started = time.perf_counter()
+        run_config = self.run_config()
+        self.store.start_run(
+            run_id, hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest(), run_config
+        )
+        self.on_event("start", "", {"users": len(users), "rounds": sum(self.planned_rounds(u) for u in users)})
+        outcomes: list[RefineOutcome] = []
+        total = Usage()
+        stopped = None
+        for user in users:
+            t0 = time.perf_counter()
+            try:
+                outcome = self.refine_user(user)
+            except BudgetExceeded as exc:
+                stopped = str(exc)
+                self.store.mark_build(run_id, user.user_id, "pending", error=stopped)
+                break
+            except PersonaLensError as exc:
+                outcome = RefineOutcome(user.user_id, "failed", error=str(exc), seconds=time.perf_counter() - t0)
+                self.store.mark_build(run_id, user.user_id, "failed", error=str(exc))
+            else:
+                self.store.mark_build(run_id, user.user_id, "done", usage=outcome.usage.to_dict())
+            total = total + outcome.usage
+            outcomes.append(outcome)
+            self.on_event("user", user.user_id, {"status": outcome.status, "rounds": outcome.rounds_run})
+        return RefineReport(run_id, outcomes, total, time.perf_counter() - started, stopped)
+
+
+__all__ = ["REFINE_CREATOR", "RefineJob", "RefineOutcome", "RefineReport", "windows_fingerprint"]
