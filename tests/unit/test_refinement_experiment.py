@@ -188,3 +188,54 @@ def test_plots_cope_with_several_domains_and_uneven_round_counts(tmp_path):
     assert {"fig4", "table2_plot"} <= set(paths) and "## Plots" in paths["markdown"].read_text()
     assert all(paths[k].read_bytes().startswith(b"\x89PNG") for k in ("fig4", "table2_plot"))
     assert plot_dynamic({}, tmp_path / "empty") == {}
+
+
+def test_a_larger_user_sample_extends_the_smaller_one():
+    from personalens.refinement.experiment import sample_users
+    from personalens.refinement.prompts import RatedItem
+    from personalens.refinement.windows import UserWindows
+
+    w = (RatedItem("x", 3.0),)
+    users = [UserWindows(f"u{i:02d}", "movies", (1, 5, 1), (w, w, w, w)) for i in range(40)]
+    users.append(UserWindows("short", "movies", (1, 5, 1), (w, w)))  # too few windows for 2 rounds
+    small = [u.user_id for u in sample_users(users, 5, seed=0, rounds=2)]
+    large = [u.user_id for u in sample_users(list(reversed(users)), 20, seed=0, rounds=2)]
+    assert large[:5] == small and len(set(large)) == 20 and "short" not in large
+    assert len(sample_users(users, 100, seed=0, rounds=2)) == 40
+
+
+def _row(domain, user, method, initial, futures):
+    rounds = [
+        {
+            "mae_after": {"previous": 0.0, "current": 0.0, "future": f},
+            "mae_before": {"previous": 0.0, "current": 0.0, "future": f},
+            "persona_words": 200,
+            "committed": True,
+        }
+        for f in futures
+    ]
+    usage = {"calls": 1, "total_tokens": 10}
+    return {
+        "domain": domain,
+        "user": user,
+        "method": method,
+        "initial": "x y",
+        "initial_error": initial,
+        "rounds": rounds,
+        "usage": usage,
+    }
+
+
+def test_methods_are_compared_on_the_users_that_finished_every_method():
+    rows = [
+        _row("d", "a", "refine", 1.0, [0.8]),
+        _row("d", "a", "inc_update", 1.0, [0.9]),
+        _row("d", "b", "refine", 1.0, [0.0]),  # b stopped before inc_update: left out of both
+        _row("d", "c", "refine", 1.0, [0.6]),
+        _row("d", "c", "inc_update", 1.0, [1.1]),
+    ]
+    table = summarise(rows)["d"]
+    assert table["refine"]["users"] == table["inc_update"]["users"] == 2
+    assert table["refine"]["future_mae_by_round"] == pytest.approx([1.0, 0.7])
+    assert table["refine"]["change_pct"] == pytest.approx(-30.0)
+    assert table["refine"]["change_se"] == pytest.approx(0.1)  # per-user changes -0.2 and -0.4

@@ -139,13 +139,12 @@ def parse_dynamic_config(raw: dict[str, Any], *, source: str = "<config>", base:
 
 
 def sample_users(users: list[UserWindows], n: int, seed: int, rounds: int) -> list[UserWindows]:
-    """Users with enough windows for ``rounds`` rounds plus a future window, then a seeded sample of ``n`` of them
-    (sorted ids first, so the sample does not depend on file order)."""
+    """Users with enough windows for ``rounds`` rounds plus a future window, in a seeded random order (of the sorted
+    ids, so it does not depend on file order), first ``n``. The order does not depend on ``n``: a run that raises
+    ``users_per_domain`` keeps every user of the smaller run and only adds more (finished rows are reused)."""
     eligible = sorted((u for u in users if len(u.windows) >= rounds + 2), key=lambda u: u.user_id)
-    if len(eligible) <= n:
-        return eligible
-    picks = sorted(np.random.default_rng(seed).choice(len(eligible), size=n, replace=False))
-    return [eligible[int(i)] for i in picks]
+    order = np.random.default_rng(seed).permutation(len(eligible))
+    return [eligible[int(i)] for i in order[:n]]
 
 
 @dataclass(slots=True)
@@ -195,46 +194,49 @@ class DynamicExperiment:
         by_domain = self.users()
         total = sum(len(v) for v in by_domain.values()) * len(self.config.methods())
         self.on_event("start", {"runs": total})
+        # users interleaved across domains (the first of each domain, then the second, ...), so a run stopped part
+        # way has covered every domain evenly
+        width = max((len(v) for v in by_domain.values()), default=0)
+        order = [(d, us[i]) for i in range(width) for d, us in by_domain.items() if i < len(us)]
         with rows_path.open("a", encoding="utf-8") as sink:
-            for domain, users in by_domain.items():
-                for user in users:
-                    for method in self.config.methods():
-                        key = (domain, user.user_id, method.label)
-                        if key in done:
-                            summary.rows_skipped += 1
-                            self.on_event("run", {"domain": domain, "user": user.user_id, "method": method.label})
-                            continue
-                        writer = PersonaWriter(
-                            self.model,
-                            domain=user.domain,
-                            scale=user.scale,
-                            min_words=self.config.min_words,
-                            max_words=self.config.max_words,
-                        )
-                        refiner = DynamicRefiner(writer, self.predictor, method)
-                        t0 = time.perf_counter()
-                        try:
-                            trace = refiner.run(user, rounds=self.config.rounds)
-                        except PersonaLensError as exc:
-                            summary.failures["/".join(key)] = str(exc)
-                            self.on_event("failed", {"domain": domain, "user": user.user_id, "error": str(exc)})
-                            continue
-                        row = {
-                            "domain": domain,
-                            "user": user.user_id,
-                            "method": method.label,
-                            "config": refiner.describe(),
-                            "initial": trace.initial,
-                            "initial_error": trace.initial_error,
-                            "rounds": [r.to_dict() for r in trace.rounds],
-                            "usage": trace.usage.to_dict(),
-                            "seconds": round(time.perf_counter() - t0, 2),
-                        }
-                        sink.write(json.dumps(row) + "\n")
-                        sink.flush()
-                        summary.rows_written += 1
-                        summary.usage = summary.usage + trace.usage
+            for domain, user in order:
+                for method in self.config.methods():
+                    key = (domain, user.user_id, method.label)
+                    if key in done:
+                        summary.rows_skipped += 1
                         self.on_event("run", {"domain": domain, "user": user.user_id, "method": method.label})
+                        continue
+                    writer = PersonaWriter(
+                        self.model,
+                        domain=user.domain,
+                        scale=user.scale,
+                        min_words=self.config.min_words,
+                        max_words=self.config.max_words,
+                    )
+                    refiner = DynamicRefiner(writer, self.predictor, method)
+                    t0 = time.perf_counter()
+                    try:
+                        trace = refiner.run(user, rounds=self.config.rounds)
+                    except PersonaLensError as exc:
+                        summary.failures["/".join(key)] = str(exc)
+                        self.on_event("failed", {"domain": domain, "user": user.user_id, "error": str(exc)})
+                        continue
+                    row = {
+                        "domain": domain,
+                        "user": user.user_id,
+                        "method": method.label,
+                        "config": refiner.describe(),
+                        "initial": trace.initial,
+                        "initial_error": trace.initial_error,
+                        "rounds": [r.to_dict() for r in trace.rounds],
+                        "usage": trace.usage.to_dict(),
+                        "seconds": round(time.perf_counter() - t0, 2),
+                    }
+                    sink.write(json.dumps(row) + "\n")
+                    sink.flush()
+                    summary.rows_written += 1
+                    summary.usage = summary.usage + trace.usage
+                    self.on_event("run", {"domain": domain, "user": user.user_id, "method": method.label})
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -250,13 +252,28 @@ def read_dynamic_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _standard_error(values: list[float]) -> float | None:
+    """The standard error of the mean of paired per-user differences (None with fewer than two users)."""
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Future-window MAE per round (round 0: S0 on W1), the round-1 error table, persona length per round, and the
-    relative change of future MAE from round 0 to the last round, per domain and method (users that completed)."""
+    relative change of future MAE from round 0 to the last round, per domain and method, over the users that
+    completed every method of their domain."""
     out: dict[str, Any] = {}
+    # methods are compared on the same users: per domain, only users with a row for every method of that domain
+    # (a run stopped part way through a user, or a user whose run failed for one method, is left out everywhere)
+    methods_of: dict[str, set[str]] = {}
+    users_of: dict[tuple[str, str], set[str]] = {}
+    for r in rows:
+        methods_of.setdefault(r["domain"], set()).add(r["method"])
+        users_of.setdefault((r["domain"], r["user"]), set()).add(r["method"])
+    complete = {key for key, methods in users_of.items() if methods == methods_of[key[0]]}
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["domain"], r["method"]), []).append(r)
+        if (r["domain"], r["user"]) in complete:
+            groups.setdefault((r["domain"], r["method"]), []).append(r)
     for (domain, method), rs in sorted(groups.items()):
         n_rounds = min(len(r["rounds"]) for r in rs)
         future = [statistics.fmean(r["initial_error"] for r in rs)]
@@ -275,6 +292,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "users": len(rs),
             "future_mae_by_round": future,
             "change_pct": 100.0 * (future[-1] - future[0]) / future[0] if future[0] else None,
+            "change_se": _standard_error(
+                [r["rounds"][n_rounds - 1]["mae_after"]["future"] - r["initial_error"] for r in rs]
+            )
+            if n_rounds
+            else None,
             "round1": table1,
             "persona_words_by_round": words,
             "committed_share": sum(committed) / len(committed) if committed else None,
@@ -312,7 +334,8 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
     lines = [f"# {config['name']}", "", f"Command: `personalens eval dynamic {config.get('source')}`", ""]
     lines.append(
         f"Domains: {', '.join(config['domains'])}; up to {config['users_per_domain']} users each; "
-        f"{config['rounds']} rounds; {len(rows)} (user, method) runs completed. MAE is on the domain's own scale; "
+        f"{config['rounds']} rounds; {len(rows)} (user, method) runs completed; methods are averaged over the users "
+        "that completed every method of their domain. MAE is on the domain's own scale; "
         "round 0 is the initial persona S0 predicting W1, round t the persona S_t predicting W_{t+1} (never seen "
         "by the update)."
     )
@@ -329,6 +352,8 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
         for method, m in methods.items():
             cells = " | ".join(f"{v:.3f}" for v in m["future_mae_by_round"])
             change = f"{m['change_pct']:+.1f}%" if m["change_pct"] is not None else ""
+            if m.get("change_se") is not None:
+                change += f" (± {m['change_se']:.3f} MAE)"
             share = f"{100 * m['committed_share']:.0f}%" if m["committed_share"] is not None else ""
             lines.append(f"| {method} | {m['users']} | {cells} | {change} | {share} |")
         lines += ["", "### Round 1: MAE before → after the update (Table 1 layout)", ""]
