@@ -562,7 +562,7 @@ def personas(
             if state.json:
                 _emit(rows)
                 return
-            table = Table("version", "parent", "creator", "method", "personas", "config", "created", "current")
+            table = Table("version", "parent", "creator", "method", "personas", "config", "created", "current", "note")
             for r in rows:
                 table.add_row(
                     str(r["version"]),
@@ -573,6 +573,7 @@ def personas(
                     r["config_hash"][:12],
                     _when(r["created_at"]),
                     "*" if r["is_current"] else "",
+                    r["note"],
                 )
             out.print(table)
             return
@@ -622,6 +623,15 @@ def personas(
         )
         for p in s.personas:
             out.print(f"\n[bold]cluster {p.cluster}[/] — {p.cluster_size} behaviours, {p.budget} selected")
+            if "mae_before" in p.meta:  # a refinement round: what it changed
+                before, after = p.meta["mae_before"], p.meta["mae_after"]
+                errors = ", ".join(
+                    f"{w} {before[w]:.3f} → {after[w]:.3f}"
+                    for w in ("previous", "current", "future")
+                    if before[w] is not None
+                )
+                kept = "" if p.meta.get("committed", True) else " (not committed)"
+                out.print(f"round {p.meta['round']}, {p.meta['strategy']}{kept}; MAE {errors}")
             out.print(p.text, soft_wrap=True)
 
 

@@ -170,3 +170,38 @@ def test_cli_eval_run_with_the_real_model_resumes_and_reports(tmp_path):
     assert second["run"]["rows_written"] == 0 and second["run"]["usage"]["calls"] == 0
     report = (out / "results.md").read_text()
     assert "Table 2" in report and "PersonaX" in report and (out / "results.json").exists()
+
+
+def test_cli_refine_with_the_real_model_stores_a_round_and_resumes(tmp_path):
+    """`personalens refine` on one DeePer-format user the test writes (two windows of liked westerns, then a window
+    of disliked westerns): S0 and one Refine round with the real model, stored with errors; a rerun calls nothing."""
+    d = tmp_path / "movies"
+    d.mkdir()
+    line = {
+        "id": "u1",
+        "iteration": 1,
+        "item_type": "movie",
+        "split": "eval",
+        "dataset_name": "amazon_movies_and_TV",
+        "I0": ["The Searchers", "Rio Bravo", "Shane", "High Noon"],
+        "U0": [5, 5, 4, 5],
+        "I1": ["Stagecoach", "My Darling Clementine", "The Magnificent Seven", "Notting Hill"],
+        "U1": [2, 1, 2, 5],
+        "I2": ["Red River", "Love Actually", "Tombstone", "Pretty Woman"],
+        "U2": [1, 5, 2, 5],
+    }
+    (d / "test_iteration_1.jsonl").write_text(json.dumps(line) + "\n")
+    store = str(tmp_path / "s.sqlite")
+    args = ["refine", "--deeper", str(d), "--rounds", "1", "--store", store, "--min-words", "60", "--max-words", "160"]
+    first = _cli("--no-cache", *args, timeout=1200)
+    assert first["refined"] == 1 and first["rounds_run"] == 1 and first["failures"] == {}
+    versions = _cli("personas", "u1", "--versions", "--store", store)
+    assert [v["parent_version"] for v in versions] == [None, 1]
+    shown = _cli("personas", "u1", "--store", store)
+    meta = shown["personas"][0]["meta"]
+    assert meta["round"] == 1 and meta["strategy"] == "refine"
+    for when in ("mae_before", "mae_after"):
+        assert all(0.0 <= meta[when][w] <= 4.0 for w in ("previous", "current", "future"))
+    assert len(shown["personas"][0]["text"].split()) >= 40
+    second = _cli("--no-cache", *args)
+    assert second["cached"] == 1 and second["usage"]["calls"] == 0

@@ -99,3 +99,12 @@ def test_refine_one_user_verified_and_bad_options(cli, tmp_path):
     assert out["committed"] == 0
     assert "no windows for user" in cli("refine", "--deeper", "movies", "--user", "zz", code=2)
     assert "unknown strategy" in cli("refine", "--deeper", "movies", "--strategy", "magic", code=2)
+
+
+def test_personas_shows_what_a_refinement_round_changed(cli, tmp_path):
+    _write_deeper(tmp_path / "movies", users=("a",), rounds=1)
+    cli("refine", "--deeper", "movies", "--store", "s.sqlite", "--min-words", "10", "--max-words", "60")
+    shown = CliRunner().invoke(app, ["personas", "a", "--store", "s.sqlite"])
+    assert shown.exit_code == 0 and "round 2, refine; MAE previous" in shown.output
+    listed = CliRunner().invoke(app, ["personas", "a", "--store", "s.sqlite", "--versions"])
+    assert listed.exit_code == 0 and "note" in listed.output
