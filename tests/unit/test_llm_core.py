@@ -31,12 +31,24 @@ def test_cache_key_covers_every_answer_changing_field():
         replace(base, top_logprobs=5),
         replace(base, prefill="{"),
         replace(base, sample=1),
+        replace(base, repetition_penalty=1.1),
     ]
     keys = {base.cache_key("m")} | {v.cache_key("m") for v in variants}
     assert len(keys) == len(variants) + 1
     assert base.cache_key("m") != base.cache_key("other-model")
     # the prompt-cache switch is a speed setting and must not split the response cache
     assert replace(base, cache_prompt=False).cache_key("m") == base.cache_key("m")
+    # a field added later leaves the keys of requests that do not use it unchanged (old cache entries stay valid)
+    assert "repetition_penalty" not in base.canonical()
+
+
+def test_repetition_penalty_reaches_servers_only_when_asked_for():
+    plain = ChatRequest.of("hi").to_openai("m")
+    assert "repetition_penalty" not in plain and "repeat_penalty" not in plain
+    body = ChatRequest.of("hi", repetition_penalty=1.1).to_openai("m")
+    assert body["repetition_penalty"] == body["repeat_penalty"] == 1.1
+    with pytest.raises(ValueError):
+        ChatRequest.of("hi", repetition_penalty=0.0)
 
 
 def test_request_validation():

@@ -43,6 +43,7 @@ class ChatRequest:
     where the backend supports it. ``top_logprobs`` > 0 asks for that many alternatives per generated token.
     ``sample`` distinguishes otherwise identical requests in the response cache: bump it to force a fresh sample.
     ``cache_prompt`` lets a llama.cpp backend reuse the KV cache of a shared prompt prefix.
+    ``repetition_penalty`` (> 1 discourages repeats; DeePer samples with 1.1) is passed to servers that know it.
     """
 
     messages: tuple[Message, ...]
@@ -56,6 +57,7 @@ class ChatRequest:
     prefill: str = ""
     sample: int = 0
     cache_prompt: bool = True
+    repetition_penalty: float | None = None
 
     def __post_init__(self) -> None:
         if not self.messages:
@@ -64,6 +66,8 @@ class ChatRequest:
             raise ValueError("max_tokens must be at least 1")
         if not 0 <= self.top_logprobs <= 20:
             raise ValueError("top_logprobs must be between 0 and 20 (the OpenAI API limit)")
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0 (1.0 means none)")
 
     @classmethod
     def of(cls, messages: str | Message | Sequence[Message], **kwargs: Any) -> ChatRequest:
@@ -82,6 +86,8 @@ class ChatRequest:
         d["messages"] = [[m.role, m.content] for m in self.messages]
         d["stop"] = list(self.stop)
         d.pop("cache_prompt")  # a speed setting: the same answer either way
+        if d["repetition_penalty"] is None:
+            d.pop("repetition_penalty")  # keeps the keys of requests made before the field existed
         return d
 
     def cache_key(self, model_id: str) -> str:
@@ -104,6 +110,11 @@ class ChatRequest:
             body["top_p"] = self.top_p
         if self.seed is not None:
             body["seed"] = self.seed
+        if self.repetition_penalty is not None:
+            # not an OpenAI field: vLLM reads "repetition_penalty", llama.cpp's server "repeat_penalty"; sent only
+            # when asked for, so hosted OpenAI endpoints (which reject unknown fields) never see them
+            body["repetition_penalty"] = self.repetition_penalty
+            body["repeat_penalty"] = self.repetition_penalty
         if self.stop:
             body["stop"] = list(self.stop)
         if self.json_schema is not None:

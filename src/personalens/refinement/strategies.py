@@ -23,6 +23,13 @@ Strategy = Literal["refine", "slide_regen", "full_regen", "inc_update", "hier_me
 STRATEGIES: tuple[str, ...] = ("refine", "slide_regen", "full_regen", "inc_update", "hier_merge")
 
 
+class _SamplingKw(TypedDict):
+    temperature: float
+    sample: int
+    top_p: float | None
+    repetition_penalty: float | None
+
+
 class _RatedKw(TypedDict):
     domain: str
     scale: tuple[float, float, float]
@@ -68,7 +75,14 @@ class PersonaWriter:
         self.max_attempts = max_attempts
 
     def write(
-        self, messages: list[Message], items: Sequence[RatedItem], *, temperature: float = 0.0, sample: int = 0
+        self,
+        messages: list[Message],
+        items: Sequence[RatedItem],
+        *,
+        temperature: float = 0.0,
+        sample: int = 0,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
     ) -> WrittenPersona:
         """One persona answer, cleaned and bounded; an answer under ``min_words`` is re-asked (showing the model its
         length) up to ``max_attempts`` times in all, then kept and flagged ``short``. An empty answer after every
@@ -82,6 +96,8 @@ class PersonaWriter:
                 convo,
                 max_tokens=int(self.max_words * 1.6) + 48,
                 temperature=temperature,
+                top_p=top_p,
+                repetition_penalty=repetition_penalty,
                 seed=sample,
                 sample=sample,
             )
@@ -126,6 +142,8 @@ class PersonaWriter:
         *,
         temperature: float = 0.0,
         sample: int = 0,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
     ) -> WrittenPersona:
         """Apply ``strategy``. ``windows`` are every window observed so far, oldest first; the last is the current
         one and, for ``refine``, must carry the old persona's predictions."""
@@ -133,6 +151,12 @@ class PersonaWriter:
             raise ValueError("an update needs at least the current window")
         current = list(windows[-1])
         kw = self._rated_kw()
+        sampling: _SamplingKw = {
+            "temperature": temperature,
+            "sample": sample,
+            "top_p": top_p,
+            "repetition_penalty": repetition_penalty,
+        }
         if strategy == "refine":
             if any(x.predicted is None for x in current):
                 raise ValueError("refine needs the old persona's prediction for every item of the current window")
@@ -146,23 +170,20 @@ class PersonaWriter:
         elif strategy == "inc_update":
             messages = prompts.extend_persona(persona, current, **kw)
         elif strategy == "hier_merge":
-            short = self.write(
-                prompts.regenerate_persona(current, **kw), current, temperature=temperature, sample=sample
-            )
+            short = self.write(prompts.regenerate_persona(current, **kw), current, **sampling)
             merged = self.write(
                 prompts.merge_personas(
                     persona, short.text, domain=self.domain, min_words=self.min_words, max_words=self.max_words
                 ),
                 current,
-                temperature=temperature,
-                sample=sample,
+                **sampling,
             )
             merged.usage = merged.usage + short.usage
             merged.attempts += short.attempts
             return merged
         else:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-        return self.write(messages, current, temperature=temperature, sample=sample)
+        return self.write(messages, current, **sampling)
 
 
 __all__ = ["STRATEGIES", "PersonaWriter", "Strategy", "WrittenPersona"]
