@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def default_cache_dir() -> Path:
@@ -67,3 +68,27 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def read_jsonl_rows(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The JSON objects of an append-only JSONL file written by a resumable run, and how many lines did not parse
+    (a torn last line from a killed run is counted, not fatal; its work is simply redone)."""
+    rows: list[dict[str, Any]] = []
+    bad = 0
+    if not path.exists():
+        return rows, 0
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if isinstance(value, dict):
+                rows.append(value)
+            else:
+                bad += 1
+    return rows, bad

@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from personalens._files import read_jsonl_rows
 from personalens.data.records import Dataset, Interaction
 from personalens.embed.base import Embedder
 from personalens.errors import ConfigError, PersonaLensError
@@ -307,20 +308,7 @@ class RunSummary:
 
 def read_rows(path: Path) -> tuple[list[dict[str, Any]], int]:
     """Rows written so far; a torn last line (a killed run) is counted, not fatal."""
-    rows: list[dict[str, Any]] = []
-    bad = 0
-    if not path.exists():
-        return rows, 0
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                bad += 1
-    return rows, bad
+    return read_jsonl_rows(path)
 
 
 class RankingExperiment:

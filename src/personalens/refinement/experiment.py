@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from personalens._files import read_jsonl_rows
 from personalens.data.deeper import load_deeper_iterations
 from personalens.errors import ConfigError, PersonaLensError
 from personalens.llm.base import ChatModel, Usage
@@ -242,14 +243,8 @@ class DynamicExperiment:
 
 
 def read_dynamic_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a torn last line from a killed run: that run is redone
-    return rows
+    """Rows written so far (a torn last line from a killed run is skipped: that run is redone)."""
+    return read_jsonl_rows(path)[0]
 
 
 def _standard_error(values: list[float]) -> float | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from personalens.data.deeper import DeeperRound, deeper_rating_scale
+from personalens.data.deeper import DeeperRound, DeeperTrainUser, deeper_rating_scale
 from personalens.data.records import Dataset, History, Window
 from personalens.errors import DataError
 from personalens.refinement.prompts import RatedItem
@@ -92,6 +92,19 @@ def windows_from_deeper(rounds: Sequence[DeeperRound]) -> list[UserWindows]:
     return out
 
 
+def windows_from_train_users(users: Sequence[DeeperTrainUser]) -> list[UserWindows]:
+    """DeePer's training users (``train_users.csv``, windows_0..windows_n) as rated windows."""
+    out = []
+    for u in users:
+        scale = deeper_rating_scale(u.dataset_name)
+        if scale is None:
+            raise DataError(f"unknown rating scale for DeePer domain {u.dataset_name!r}", field="dataset_name")
+        low, high, step = scale
+        windows = tuple(_rated(w) for w in u.windows)
+        out.append(UserWindows(u.user_id, u.item_type.replace("_", " "), (low, high, step), windows, u.dataset_name))
+    return out
+
+
 def windows_from_history(
     dataset: Dataset,
     history: History,
@@ -114,4 +127,10 @@ def windows_from_history(
     return UserWindows(history.user_id, domain, (low, high, step), windows, dataset.name)
 
 
-__all__ = ["RoundWindows", "UserWindows", "windows_from_deeper", "windows_from_history"]
+__all__ = [
+    "RoundWindows",
+    "UserWindows",
+    "windows_from_deeper",
+    "windows_from_history",
+    "windows_from_train_users",
+]
