@@ -142,7 +142,7 @@ def test_without_matplotlib_no_plots_and_the_report_still_writes(tmp_path, monke
     assert not list(out.glob("*.png"))
 
 
-def _row(domain, user, method, n_rounds, level=1.0):
+def _plot_row(domain, user, method, n_rounds, level=1.0):
     window = {"previous": level, "current": level, "future": level}
     rounds = [
         {
@@ -169,11 +169,11 @@ def test_plots_cope_with_several_domains_and_uneven_round_counts(tmp_path):
     from personalens.refinement.experiment import _method_order, plot_dynamic, write_dynamic_report
 
     rows = [
-        _row("books", "u1", "refine", 3),
-        _row("books", "u2", "refine", 3),
-        _row("books", "u1", "zz_custom", 1),
-        _row("food", "u1", "refine", 2, level=2.0),
-        _row("food", "u1", "verified-refine", 4, level=2.0),
+        _plot_row("books", "u1", "refine", 3),
+        _plot_row("books", "u2", "refine", 3),
+        _plot_row("books", "u1", "zz_custom", 1),
+        _plot_row("food", "u1", "refine", 2, level=2.0),
+        _plot_row("food", "u1", "verified-refine", 4, level=2.0),
     ]
     out = tmp_path / "out"
     out.mkdir()
