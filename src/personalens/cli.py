@@ -19,7 +19,7 @@ from personalens.errors import PersonaLensError
 if TYPE_CHECKING:
     from personalens.data.records import Dataset
     from personalens.selection import PersonaXSelector
-    from personalens.store import PersonaStore
+    from personalens.store import PersonaStoreProtocol
 from personalens.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -133,14 +133,14 @@ def demo(
         user_ids = [h.user_id for h in dataset.histories()][:users]
     model = build_chat_model(state.settings)
     embedder = build_embedder(state.settings)
-    store_file = store_path or Path(state.settings.store)
-    with _store(store_file) as store, _progress() as progress:
+    store_file = _store_label(store_path)
+    with _store(store_path) as store, _progress() as progress:
         on_event = _build_progress(progress, len(user_ids))
         builder = PersonaXBuilder(model, embedder, PersonaXSelector(), store, BuildConfig(holdout=1), on_event=on_event)
         report, rows = run_personax_demo(builder, dataset, user_ids)
     model.close()
     if state.json:
-        _emit({"build": report.to_json(), "retrievals": [r.to_json() for r in rows], "store": str(store_file)})
+        _emit({"build": report.to_json(), "retrievals": [r.to_json() for r in rows], "store": store_file})
         return
     summary = report.to_json()
     out.print(
@@ -308,10 +308,20 @@ def serve_llm(
         model.close()
 
 
-def _store(path: Path | None = None) -> PersonaStore:
-    from personalens.store import PersonaStore
+def _store(location: str | None = None) -> PersonaStoreProtocol:
+    """The persona store at ``--store`` or the ``store`` setting: a SQLite file or a ``postgresql://`` URL."""
+    from personalens.factory import build_store
 
-    return PersonaStore(path or Path(state.settings.store))
+    # The jobs annotate the SQLite class; the PostgreSQL store implements the same protocol and context manager.
+    return build_store(state.settings, location)
+
+
+def _store_label(location: str | None = None) -> str:
+    """The store's location as shown to people and in --json output (a URL's password masked)."""
+    from personalens.store.postgres import is_postgres_url, redact_dsn
+
+    shown = str(location or state.settings.store)
+    return redact_dsn(shown) if is_postgres_url(shown) else shown
 
 
 def _selector(
@@ -335,7 +345,10 @@ def _selector(
 DataOpt = Annotated[Path | None, typer.Option("--data", help="Dataset directory or file (default: the bundled demo).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="movielens | personax | recbole | agent4rec")]
 StoreOpt = Annotated[
-    Path | None, typer.Option("--store", help="Persona store file (default: settings, personas.sqlite).")
+    str | None,
+    typer.Option(
+        "--store", help="Persona store: a SQLite file or a postgresql:// URL (default: settings, personas.sqlite)."
+    ),
 ]
 
 
@@ -393,7 +406,7 @@ def build(
         builder = PersonaXBuilder(model, embedder, selector, store, config, on_event=on_event)
         report = builder.run(dataset, user_ids, run_id=run_id)
     model.close()
-    summary = report.to_json() | {"store": str(store_path or state.settings.store), "model": model.model_id}
+    summary = report.to_json() | {"store": _store_label(store_path), "model": model.model_id}
     if state.json:
         _emit(summary)
         return
@@ -519,7 +532,7 @@ def refine(
         )
         report = job.run(chosen, run_id=run_id)
     model.close()
-    summary = report.to_json() | {"store": str(store_path or state.settings.store), "model": model.model_id}
+    summary = report.to_json() | {"store": _store_label(store_path), "model": model.model_id}
     if state.json:
         _emit(summary)
         return

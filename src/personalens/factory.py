@@ -7,6 +7,7 @@ call of a run is cached, counted and capped in one place.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from personalens._retry import RetryPolicy
 from personalens.embed.base import Embedder
@@ -15,6 +16,10 @@ from personalens.llm.base import ChatModel
 from personalens.llm.cache import CachedChatModel, ResponseCache
 from personalens.llm.usage import Budget, UsageMeter
 from personalens.settings import Settings
+
+if TYPE_CHECKING:
+    from personalens.store import PersonaStore
+    from personalens.store.postgres import PostgresPersonaStore
 
 
 def build_backend(settings: Settings) -> ChatModel:
@@ -39,6 +44,7 @@ def build_backend(settings: Settings) -> ChatModel:
         cache_dir=settings.cache_path,
         n_ctx=llm.n_ctx,
         n_threads=llm.n_threads or None,
+        lora=[(llm.lora, llm.lora_scale)] if llm.lora else (),
     )
 
 
@@ -70,3 +76,22 @@ def build_embedder(settings: Settings) -> Embedder:
     if emb.cache:
         embedder = CachedEmbedder(embedder, Path(settings.cache_path) / "embeddings.sqlite")
     return embedder
+
+
+def build_store(settings: Settings, location: str | Path | None = None) -> PersonaStore | PostgresPersonaStore:
+    """Open the persona store at ``location`` (default: the ``store`` setting).
+
+    A ``postgresql://`` (or ``postgres://``) URL opens :class:`~personalens.store.postgres.PostgresPersonaStore`
+    (psycopg from the ``postgres`` extra; ``?schema=NAME`` picks the schema); anything else is a SQLite file path.
+    Either way the schema is created or upgraded on open.
+    """
+    from personalens.store.postgres import is_postgres_url
+
+    target = settings.store if location is None else location
+    if is_postgres_url(target):
+        from personalens.store.postgres import PostgresPersonaStore
+
+        return PostgresPersonaStore(str(target))
+    from personalens.store import PersonaStore
+
+    return PersonaStore(Path(target))

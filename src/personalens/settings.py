@@ -10,6 +10,9 @@ Environment variables are ``PERSONALENS_<SECTION>_<FIELD>`` (``PERSONALENS_LLM_B
 ``PERSONALENS_LLM_API_KEY``, ``PERSONALENS_EMBED_BASE_URL`` …). Setting ``llm.base_url`` alone switches the chat
 backend from the embedded model to that server. The API key is read from ``PERSONALENS_LLM_API_KEY`` or from the
 variable named by ``llm.api_key_env`` (default ``OPENAI_API_KEY``); it is never written out by :meth:`Settings.public`.
+
+``store`` (``PERSONALENS_STORE``) is the persona store: a SQLite file, or a ``postgresql://`` URL for the PostgreSQL
+store; a password in that URL is masked by :meth:`Settings.public` too.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class LLMSettings:
     api_key: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     model_path: str | None = None  # a GGUF file for the embedded backend; default: the pinned Qwen2.5-Coder-1.5B
+    lora: str | None = None  # a llama.cpp LoRA GGUF applied by the embedded backend (e.g. a trained refiner)
+    lora_scale: float = 1.0
     n_ctx: int = 4096
     n_threads: int = 0  # 0 = all cores
     timeout: float = 120.0
@@ -75,7 +80,8 @@ class Settings:
     llm: LLMSettings = field(default_factory=LLMSettings)
     embed: EmbedSettings = field(default_factory=EmbedSettings)
     cache_dir: str = ""
-    store: str = "personas.sqlite"  # the persona store (SQLite file), relative to the working directory
+    store: str = "personas.sqlite"  # the persona store: a SQLite file (relative to the working directory) or a
+    # postgresql:// URL (the PostgreSQL store, extra "postgres"); PERSONALENS_STORE sets it too
     seed: int = 0
 
     @property
@@ -97,6 +103,10 @@ class Settings:
             if d[section].get("api_key"):
                 d[section]["api_key"] = "***"
         d["cache_dir"] = str(self.cache_path)
+        from personalens.store.postgres import is_postgres_url, redact_dsn  # no psycopg import
+
+        if is_postgres_url(self.store):
+            d["store"] = redact_dsn(self.store)
         return d
 
     def __repr__(self) -> str:

@@ -1,4 +1,6 @@
-"""The SQLite persona store: versions, current pointer, find-by-config, diff, rollback, delete, validation, builds."""
+"""The persona-store contract, run against every backend (``store_factory``: SQLite and PostgreSQL): versions,
+current pointer, find-by-config, diff, rollback, delete, validation, atomic writes, builds. SQLite-only checks (the
+file's pragmas) are marked as such."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from personalens.store import (
     canonical_json,
     config_hash,
 )
+from personalens.store import postgres as store_postgres
 from personalens.store import sqlite as store_sqlite
 
 DIM = 12
@@ -44,7 +47,7 @@ def make_personas(n: int = 3, *, seed: int = 0, d: int = DIM, embed: bool = Fals
     ]
 
 
-def save(store: PersonaStore, user: str, personas=None, *, config=CONFIG, **kw) -> PersonaSet:
+def save(store: PersonaStoreProtocol, user: str, personas=None, *, config=CONFIG, **kw) -> PersonaSet:
     kw.setdefault("creator", "personax-build")
     kw.setdefault("method", "summarize")
     kw.setdefault("embedder_id", "test-embedder")
@@ -54,18 +57,23 @@ def save(store: PersonaStore, user: str, personas=None, *, config=CONFIG, **kw) 
 
 
 @pytest.fixture
-def store(tmp_path):
-    with PersonaStore(tmp_path / "personas.sqlite") as s:
+def store(store_factory):
+    with store_factory.open() as s:
         yield s
 
 
-def test_store_satisfies_protocol_and_pragmas(store):
+def test_store_satisfies_protocol(store, store_factory):
     assert isinstance(store, PersonaStoreProtocol)
-    db = sqlite3.connect(store.path)
-    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    db.close()
-    assert store._conn().execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert store.schema_version == store_sqlite.schema_version()
+    module = store_sqlite if store_factory.name == "sqlite" else store_postgres
+    assert store.schema_version == module.schema_version() >= 1
+
+
+def test_sqlite_pragmas(tmp_path):
+    with PersonaStore(tmp_path / "personas.sqlite") as store:
+        db = sqlite3.connect(store.path)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.close()
+        assert store._conn().execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
 def test_save_round_trips_everything(store):
@@ -134,12 +142,12 @@ def test_find_returns_newest_version_with_exactly_that_config(store):
     assert store.find("u2", config_hash(CONFIG)) is None
 
 
-def test_config_is_canonical_json_and_hash_is_order_independent(store):
+def test_config_is_canonical_json_and_hash_is_order_independent(store, store_factory):
     a = {"b": 1, "a": {"y": 2, "x": [1, 2]}}
     b = {"a": {"x": [1, 2], "y": 2}, "b": 1}
     assert config_hash(a) == config_hash(b) and canonical_json(a) == canonical_json(b)
     save(store, "u1", config=a)
-    raw = store._conn().execute("SELECT config FROM persona_sets").fetchone()[0]
+    raw = store_factory.query("SELECT config FROM persona_sets")[0][0]
     assert raw == '{"a":{"x":[1,2],"y":2},"b":1}'
 
 
@@ -200,17 +208,15 @@ def test_rollback_appends_a_copy_and_keeps_history(store):
         store.rollback("nobody", 1)
 
 
-def _rows_mentioning(path, user_id: str) -> int:
-    db = sqlite3.connect(path)
-    n = db.execute("SELECT COUNT(*) FROM users WHERE user_id = ?", (user_id,)).fetchone()[0]
-    n += db.execute("SELECT COUNT(*) FROM persona_sets WHERE user_id = ?", (user_id,)).fetchone()[0]
-    n += db.execute("SELECT COUNT(*) FROM build_status WHERE user_id = ?", (user_id,)).fetchone()[0]
-    orphans = db.execute("SELECT COUNT(*) FROM personas WHERE set_id NOT IN (SELECT id FROM persona_sets)").fetchone()
-    db.close()
-    return n + orphans[0]
+def _rows_mentioning(backend, user_id: str) -> int:
+    n = backend.query("SELECT COUNT(*) FROM users WHERE user_id = ?", (user_id,))[0][0]
+    n += backend.query("SELECT COUNT(*) FROM persona_sets WHERE user_id = ?", (user_id,))[0][0]
+    n += backend.query("SELECT COUNT(*) FROM build_status WHERE user_id = ?", (user_id,))[0][0]
+    orphans = backend.query("SELECT COUNT(*) FROM personas WHERE set_id NOT IN (SELECT id FROM persona_sets)")[0][0]
+    return n + orphans
 
 
-def test_delete_user_removes_everything_of_that_user_only(store):
+def test_delete_user_removes_everything_of_that_user_only(store, store_factory):
     save(store, "u1", make_personas(3))
     save(store, "u1", make_personas(2))
     store.rollback("u1", 1)
@@ -224,7 +230,7 @@ def test_delete_user_removes_everything_of_that_user_only(store):
     assert removed == (3 + 2 + 3) + 3 + 1 + 1  # personas + sets + build_status + user
     assert store.current("u1") is None and store.versions("u1") == [] and store.find("u1", config_hash(CONFIG)) is None
     assert store.users() == ["u2"] and store.build_status("r1") == {"u2": "done"}
-    assert _rows_mentioning(store.path, "u1") == 0
+    assert _rows_mentioning(store_factory, "u1") == 0
     assert store.current("u2") == u2_before
     assert store.delete_user("u1") == 0
     assert save(store, "u1").version == 1  # a deleted user starts afresh
@@ -255,7 +261,7 @@ def test_delete_user_removes_everything_of_that_user_only(store):
         ({"personas": "negative_budget"}, "budget"),
     ],
 )
-def test_bad_input_is_refused_before_anything_is_written(store, change, message):
+def test_bad_input_is_refused_before_anything_is_written(store, store_factory, change, message):
     save(store, "existing")
     good = make_personas(3)
     bad_personas = {
@@ -293,50 +299,48 @@ def test_bad_input_is_refused_before_anything_is_written(store, change, message)
             break
     assert store.users() == ["existing"]
     assert [v.version for v in store.versions("existing")] == [1]
-    db = store._conn()
-    assert db.execute("SELECT COUNT(*) FROM persona_sets").fetchone()[0] == 1
-    assert db.execute("SELECT COUNT(*) FROM personas").fetchone()[0] == 3
+    assert store_factory.query("SELECT COUNT(*) FROM persona_sets")[0][0] == 1
+    assert store_factory.query("SELECT COUNT(*) FROM personas")[0][0] == 3
 
 
-def _snapshot(store: PersonaStore) -> list:
-    db = store._conn()
-    return [
-        db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall() for table in ("users", "persona_sets", "personas")
-    ]
+def _snapshot(backend) -> list:
+    return [backend.query(f"SELECT * FROM {table} ORDER BY 1, 2") for table in ("users", "persona_sets", "personas")]
 
 
-def test_failure_inside_the_transaction_leaves_the_store_unchanged(store):
+def test_failure_inside_the_transaction_leaves_the_store_unchanged(store, store_factory):
     save(store, "existing", make_personas(2))
-    before = _snapshot(store)
+    before = _snapshot(store_factory)
     # A database-level failure on the 4th persona row: the user and set rows and 3 personas were already inserted.
-    store._conn().execute(
-        "CREATE TRIGGER boom BEFORE INSERT ON personas WHEN NEW.cluster = 3 BEGIN SELECT RAISE(ABORT, 'injected'); END"
-    )
+    store_factory.inject_failure(cluster=3)
     for user in ("new-user", "existing"):
         with pytest.raises(StoreError, match="injected"):
             save(store, user, make_personas(5))
-        assert _snapshot(store) == before
-    store._conn().execute("DROP TRIGGER boom")
+        assert _snapshot(store_factory) == before
+        assert not store_factory.in_transaction(store)
+    store_factory.remove_failure()
     assert save(store, "existing").version == 2  # the store is still usable and numbering is intact
+    assert save(store, "new-user").version == 1
 
 
-def test_python_failure_at_the_last_step_rolls_back(store, monkeypatch):
+def test_python_failure_at_the_last_step_rolls_back(store, store_factory, monkeypatch):
     save(store, "u1")
-    before = _snapshot(store)
+    before = _snapshot(store_factory)
 
     def fail(*args, **kwargs):
         raise RuntimeError("crash while moving the current pointer")
 
-    monkeypatch.setattr(PersonaStore, "_set_current", staticmethod(fail))
+    monkeypatch.setattr(type(store), "_set_current", staticmethod(fail))
     with pytest.raises(RuntimeError, match="crash"):
         save(store, "u1")
     with pytest.raises(RuntimeError, match="crash"):
         store.rollback("u1", 1)
-    assert _snapshot(store) == before
-    assert not store._conn().in_transaction
+    assert _snapshot(store_factory) == before
+    assert not store_factory.in_transaction(store)
+    monkeypatch.undo()
+    assert save(store, "u1").version == 2
 
 
-def test_build_bookkeeping(store):
+def test_build_bookkeeping(store, store_factory):
     cfg = {"method": "summarize"}
     info = store.start_run("run-1", config_hash(cfg), cfg)
     assert info.config == cfg and info.counts == {"pending": 0, "done": 0, "failed": 0}
@@ -347,9 +351,9 @@ def test_build_bookkeeping(store):
     assert store.build_status("run-1") == {"a": "done", "b": "failed", "c": "pending"}
     store.mark_build("run-1", "b", "done")
     assert store.run_info("run-1").counts == {"pending": 1, "done": 2, "failed": 0}
-    row = store._conn().execute("SELECT attempts, error, usage FROM build_status WHERE user_id = 'a'").fetchone()
+    row = store_factory.query("SELECT attempts, error, usage FROM build_status WHERE user_id = 'a'")[0]
     assert row == (1, None, '{"calls":2,"prompt_tokens":120}')
-    assert store._conn().execute("SELECT attempts FROM build_status WHERE user_id = 'b'").fetchone()[0] == 2
+    assert store_factory.query("SELECT attempts FROM build_status WHERE user_id = 'b'")[0][0] == 2
     # resuming with the same config is fine, with another is not
     assert store.start_run("run-1", config_hash(cfg), cfg).counts["done"] == 2
     with pytest.raises(StoreError, match="cannot resume"):
@@ -375,12 +379,21 @@ def test_iter_current_pages_through_all_users(store):
     assert sets[3].version == 2
 
 
-def test_close_and_context_manager(tmp_path):
-    path = tmp_path / "p.sqlite"
-    with PersonaStore(path) as s:
+def test_user_ids_sort_by_code_point_on_every_backend(store):
+    # PostgreSQL's default collation would sort these by locale rules; the store keeps SQLite's bytewise order.
+    users = ["b", "B", "a", "_x", "Zeta", "ä", "é", "10", "9", "a b", "ab"]
+    for user in users:
+        save(store, user, make_personas(1))
+    assert store.users() == sorted(users)
+    assert [s.user_id for s in store.iter_current(batch_size=4)] == sorted(users)
+    assert store.users(limit=3, offset=2) == sorted(users)[2:5]
+
+
+def test_close_and_context_manager(store_factory):
+    with store_factory.open() as s:
         save(s, "u1")
     with pytest.raises(StoreError, match="closed"):
         s.current("u1")
     s.close()  # idempotent
-    with PersonaStore(path) as again:
+    with store_factory.open() as again:
         assert again.current("u1").version == 1

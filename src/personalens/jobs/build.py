@@ -25,7 +25,7 @@ from personalens.errors import BudgetExceeded, PersonaLensError
 from personalens.llm.base import ChatModel, Usage
 from personalens.profiling import PROMPTS_VERSION, reflect_profile, sample_negatives, summarize_history
 from personalens.selection import PersonaXSelector, Selection
-from personalens.store import Persona, PersonaSet, PersonaStore
+from personalens.store import Persona, PersonaSet, PersonaStoreProtocol
 
 Method = Literal["summarize", "reflect"]
 
@@ -146,7 +146,7 @@ class PersonaXBuilder:
         model: ChatModel,
         embedder: Embedder,
         selector: PersonaXSelector,
-        store: PersonaStore,
+        store: PersonaStoreProtocol,
         config: BuildConfig | None = None,
         *,
         on_event: Callable[[str, str, dict[str, Any]], None] | None = None,

@@ -32,7 +32,7 @@ from personalens.refinement.loop import DynamicRefiner, Predictor, RefineConfig,
 from personalens.refinement.prompts import RatedItem
 from personalens.refinement.strategies import PersonaWriter
 from personalens.refinement.windows import UserWindows
-from personalens.store import Persona, PersonaSet, PersonaStore
+from personalens.store import Persona, PersonaSet, PersonaStoreProtocol
 
 REFINE_CREATOR = "deeper-refine"
 InitialFrom = Literal["window", "current"]
@@ -119,7 +119,7 @@ class RefineJob:
         model: ChatModel,
         predictor: Predictor,
         embedder: Embedder,
-        store: PersonaStore,
+        store: PersonaStoreProtocol,
         config: RefineConfig | None = None,
         *,
         min_words: int = 200,

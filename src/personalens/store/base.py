@@ -1,5 +1,6 @@
-"""The persona-store contract. :class:`~personalens.store.PersonaStore` (SQLite) implements it; a PostgreSQL store
-can implement the same methods later without touching its callers (the offline build, the retrieval index, the CLI).
+"""The persona-store contract. :class:`~personalens.store.PersonaStore` (SQLite) and
+:class:`~personalens.store.postgres.PostgresPersonaStore` (PostgreSQL) implement it with the same semantics, so its
+callers (the offline build, the retrieval index, the CLI) work on either.
 """
 
 from __future__ import annotations
@@ -74,3 +75,7 @@ class PersonaStoreProtocol(Protocol):
     def build_status(self, run_id: str) -> dict[str, str]: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> None: ...

@@ -205,6 +205,51 @@ def _set_from_rows(set_row: tuple[Any, ...], persona_rows: Sequence[tuple[Any, .
     )
 
 
+def prepare_save(
+    user_id: Any,
+    personas: Any,
+    creator: Any,
+    method: Any,
+    config: Any,
+    config_hash: Any,
+    embedder_id: Any,
+    parent_version: Any,
+    note: Any,
+) -> tuple[str, int, list[tuple[Any, ...]]]:
+    """Validate the arguments of ``save`` (every backend refuses the same inputs with the same messages) and encode
+    the personas: returns ``(config_json, dim, rows)``, one row ``(position, cluster, text, centroid, embedding,
+    selected_item_ids, cluster_size, budget, meta)`` per persona."""
+    check_text(user_id, "user_id")
+    check_text(creator, "creator")
+    check_text(method, "method")
+    check_text(config_hash, "config_hash")
+    check_text(embedder_id, "embedder_id")
+    if not isinstance(config, dict):
+        raise StoreError(f"config must be a dict, got {type(config).__name__}")
+    config_json = canonical_json(config, what="config")
+    if not isinstance(note, str):
+        raise StoreError(f"note must be a string, got {type(note).__name__}")
+    if not (parent_version is None or parent_version == "current" or _is_version(parent_version)):
+        raise StoreError(f"parent_version must be None, 'current' or a version >= 1, got {parent_version!r}")
+    checked = validate_personas(personas)
+    dim = int(checked[0].centroid.shape[0])
+    rows = [
+        (
+            pos,
+            int(p.cluster),
+            p.text,
+            _encode(p.centroid),
+            None if p.embedding is None else _encode(p.embedding),
+            canonical_json(list(p.selected_item_ids)),
+            int(p.cluster_size),
+            int(p.budget),
+            canonical_json(p.meta),
+        )
+        for pos, p in enumerate(checked)
+    ]
+    return config_json, dim, rows
+
+
 # ---------------------------------------------------------------- the store
 
 
@@ -374,34 +419,9 @@ class PersonaStore:
         ``parent_version="current"`` records the version that was current when this one was written. A user's first
         version is always current, whatever ``make_current`` says.
         """
-        check_text(user_id, "user_id")
-        check_text(creator, "creator")
-        check_text(method, "method")
-        check_text(config_hash, "config_hash")
-        check_text(embedder_id, "embedder_id")
-        if not isinstance(config, dict):
-            raise StoreError(f"config must be a dict, got {type(config).__name__}")
-        config_json = canonical_json(config, what="config")
-        if not isinstance(note, str):
-            raise StoreError(f"note must be a string, got {type(note).__name__}")
-        if not (parent_version is None or parent_version == "current" or _is_version(parent_version)):
-            raise StoreError(f"parent_version must be None, 'current' or a version >= 1, got {parent_version!r}")
-        personas = validate_personas(personas)
-        dim = int(personas[0].centroid.shape[0])
-        rows = [
-            (
-                pos,
-                int(p.cluster),
-                p.text,
-                _encode(p.centroid),
-                None if p.embedding is None else _encode(p.embedding),
-                canonical_json(list(p.selected_item_ids)),
-                int(p.cluster_size),
-                int(p.budget),
-                canonical_json(p.meta),
-            )
-            for pos, p in enumerate(personas)
-        ]
+        config_json, dim, rows = prepare_save(
+            user_id, personas, creator, method, config, config_hash, embedder_id, parent_version, note
+        )
         now = time.time()
         with self._write() as db:
             current = self._current_version(db, user_id)
