@@ -7,9 +7,11 @@ two backends share request building and response parsing. The embedded server al
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,10 @@ class LlamaCppModel:
 
     ``model_path`` defaults to the pinned Qwen2.5-Coder-1.5B-Instruct assembled from its PyPI packages; a custom path
     is used as given, and its ``model_id`` is derived from the file name and size.
+
+    ``lora`` applies llama.cpp LoRA adapters (GGUF files, e.g. a trained refiner from
+    :func:`personalens.training.export.adapter_to_gguf`), each a path or ``(path, scale)``. Their sha256 and scale
+    are part of :attr:`model_id`, so cached responses of the base model are never served for the adapted one.
     """
 
     def __init__(
@@ -36,7 +42,15 @@ class LlamaCppModel:
         n_batch: int = 512,
         port: int = 0,
         verbose: bool = False,
+        lora: Sequence[str | Path | tuple[str | Path, float]] = (),
     ) -> None:
+        self.lora: tuple[tuple[Path, float], ...] = tuple(
+            (Path(x[0]), float(x[1])) if isinstance(x, tuple) else (Path(x), 1.0) for x in lora
+        )
+        for path, _ in self.lora:
+            if not path.is_file():
+                raise LLMError(f"LoRA adapter not found: {path}")
+        self._lora_id = ",".join(f"{_sha256(p)[:16]}*{scale:g}" for p, scale in self.lora)
         self._custom_path = Path(model_path) if model_path is not None else None
         self._model_path: Path | None = self._custom_path
         self._weights = weights
@@ -53,9 +67,11 @@ class LlamaCppModel:
     @property
     def model_id(self) -> str:
         if self._custom_path is None:
-            return f"llama.cpp:{self._weights.name}@sha256:{self._weights.sha256[:16]}"
-        size = self._custom_path.stat().st_size if self._custom_path.exists() else 0
-        return f"llama.cpp:{self._custom_path.name}:{size}"
+            base = f"llama.cpp:{self._weights.name}@sha256:{self._weights.sha256[:16]}"
+        else:
+            size = self._custom_path.stat().st_size if self._custom_path.exists() else 0
+            base = f"llama.cpp:{self._custom_path.name}:{size}"
+        return f"{base}+lora:{self._lora_id}" if self._lora_id else base
 
     def __repr__(self) -> str:
         return f"LlamaCppModel({self.model_id!r}, n_ctx={self.n_ctx}, n_threads={self.n_threads})"
@@ -92,6 +108,14 @@ class LlamaCppModel:
         params.cpuparams.n_threads = self.n_threads
         params.cpuparams_batch.n_threads = self.n_threads
         params.warmup = False
+        if self.lora:
+            adapters = []
+            for adapter_path, scale in self.lora:
+                info = xllamacpp.CommonAdapterLoraInfo()
+                info.path = str(adapter_path)
+                info.scale = scale
+                adapters.append(info)
+            params.lora_adapters = adapters
         if self.port:
             params.port = self.port
         if not self.verbose:
@@ -123,3 +147,11 @@ class LlamaCppModel:
     def close(self) -> None:
         with self._lock:
             self._server = None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

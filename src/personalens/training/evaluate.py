@@ -1,0 +1,141 @@
+"""Before and after training: one-step refinement on held-out users (the layout of DeePer's Table 18).
+
+Every refiner (the frozen base model, the trained adapter, a remote model, …) refines the same initial persona S0 of
+the same held-out users once, from the same observation O1; the same predictor (the base model, never the refiner
+being judged) scores S0 and each refined persona on the future window W2. Lower future MAE after refinement is
+better; the table also gives the change against S0 and the previous/current errors.
+
+Rows go to ``one_step.jsonl`` one per (user, refiner) as they finish, so the comparison is resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from personalens._files import read_jsonl_rows
+from personalens.errors import PersonaLensError
+from personalens.llm.base import ChatModel
+from personalens.refinement.loop import DynamicRefiner, Predictor, RefineConfig
+from personalens.refinement.strategies import PersonaWriter
+from personalens.refinement.windows import UserWindows
+
+ONE_STEP_FILE = "one_step.jsonl"
+
+
+def compare_refiners(
+    users: Sequence[UserWindows],
+    refiners: Mapping[str, ChatModel],
+    out_dir: str | Path,
+    *,
+    initial_writer: ChatModel,
+    predictor: Predictor,
+    min_words: int = 200,
+    max_words: int = 320,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every refiner once on every user (S0 written by ``initial_writer``), append rows, return all rows."""
+    emit = on_event or (lambda kind, payload: None)
+    path = Path(out_dir) / ONE_STEP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows, _ = read_jsonl_rows(path)
+    done = {(r["user"], r["refiner"]) for r in rows}
+    with path.open("a", encoding="utf-8") as sink:
+        for user in users:
+            if all((user.user_id, name) in done for name in refiners):
+                continue
+            kw = {"domain": user.domain, "scale": user.scale, "min_words": min_words, "max_words": max_words}
+            try:
+                s0 = PersonaWriter(initial_writer, **kw).initial(user.windows[0]).text  # type: ignore[arg-type]
+            except PersonaLensError as exc:
+                emit("failed", {"user": user.user_id, "error": str(exc)})
+                continue
+            for name, model in refiners.items():
+                if (user.user_id, name) in done:
+                    continue
+                refiner = DynamicRefiner(PersonaWriter(model, **kw), predictor, RefineConfig("refine"))  # type: ignore[arg-type]
+                try:
+                    trace = refiner.run(user, rounds=1, initial=s0)
+                except PersonaLensError as exc:
+                    emit("failed", {"user": user.user_id, "refiner": name, "error": str(exc)})
+                    continue
+                (record,) = trace.rounds
+                row = {
+                    "domain": user.source or user.domain,
+                    "user": user.user_id,
+                    "refiner": name,
+                    "model": model.model_id,
+                    "before": {
+                        "previous": record.before.previous,
+                        "current": record.before.current,
+                        "future": record.before.future,
+                    },
+                    "after": {
+                        "previous": record.after.previous,
+                        "current": record.after.current,
+                        "future": record.after.future,
+                    },
+                    "persona_words": len(record.persona.split()),
+                    "persona": record.persona,
+                    "usage": record.usage.to_dict(),
+                }
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+                sink.flush()
+                rows.append(row)
+                emit("row", {"user": user.user_id, "refiner": name})
+    return rows
+
+
+def summarise_one_step(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per domain and refiner, over the users every refiner finished: mean MAE before/after on each window, the
+    future change and its share."""
+    refiners = {r["refiner"] for r in rows}
+    by_user: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}
+    for r in rows:
+        by_user.setdefault((r["domain"], r["user"]), {})[r["refiner"]] = r
+    complete: dict[str, list[dict[str, Mapping[str, Any]]]] = {}
+    for (domain, _), per in sorted(by_user.items()):
+        if set(per) == refiners:
+            complete.setdefault(domain, []).append(per)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for domain, users in complete.items():
+        for name in sorted(refiners):
+            chosen = [per[name] for per in users]
+            cell: dict[str, float] = {"users": float(len(chosen))}
+            for when in ("before", "after"):
+                for w in ("previous", "current", "future"):
+                    cell[f"{when}_{w}"] = statistics.fmean(float(r[when][w]) for r in chosen)
+            cell["future_change"] = cell["after_future"] - cell["before_future"]
+            cell["future_change_pct"] = (
+                100.0 * cell["future_change"] / cell["before_future"] if cell["before_future"] else 0.0
+            )
+            out.setdefault(domain, {})[name] = cell
+    return out
+
+
+def render_one_step(rows: Sequence[Mapping[str, Any]], *, title: str = "One-step refinement on held-out users") -> str:
+    table = summarise_one_step(rows)
+    lines = [
+        f"# {title}",
+        "",
+        "Future-window MAE of S0 and of its one-step refinement (Table 18 layout); the same "
+        "base-model predictor scores every persona; users every refiner finished.",
+        "",
+    ]
+    lines.append("| domain | refiner | users | future MAE S0 | future MAE refined | change | previous | current |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for domain, per in table.items():
+        for name, c in sorted(per.items()):
+            lines.append(
+                f"| {domain} | {name} | {int(c['users'])} | {c['before_future']:.3f} | {c['after_future']:.3f} | "
+                f"{c['future_change']:+.3f} ({c['future_change_pct']:+.1f}%) | "
+                f"{c['before_previous']:.3f} → {c['after_previous']:.3f} | "
+                f"{c['before_current']:.3f} → {c['after_current']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["ONE_STEP_FILE", "compare_refiners", "render_one_step", "summarise_one_step"]

@@ -1,0 +1,82 @@
+"""Before/after training comparison: every refiner refines the same S0 once; one predictor scores all."""
+
+from __future__ import annotations
+
+import re
+
+from personalens.llm.base import Usage
+from personalens.llm.testing import ScriptedChatModel
+from personalens.refinement.prompts import RatedItem
+from personalens.refinement.windows import UserWindows
+from personalens.training.evaluate import compare_refiners, render_one_step, summarise_one_step
+
+FILLER = " ".join(["The person weighs story, pace and tone with care."] * 3)
+
+
+class LevelPredictor:
+    def __init__(self):
+        self.personas = []
+
+    def config(self):
+        return {"predictor": "level"}
+
+    def predict(self, persona, items, *, domain, scale):
+        self.personas.append(persona)
+        return [float(re.search(r"level (\d+)", persona).group(1))] * len(items), Usage(calls=1)
+
+
+def _user(user_id):
+    ratings = (2, 4, 4)
+    windows = tuple(tuple(RatedItem(f"{user_id}-w{i}-{j}", r) for j in range(2)) for i, r in enumerate(ratings))
+    return UserWindows(user_id, "movies", (1.0, 5.0, 1.0), windows, "toy")
+
+
+def _says(level, model_id):
+    return ScriptedChatModel(lambda request: f"Rates at level {level}. {FILLER}", model_id=model_id)
+
+
+def test_refiners_share_s0_and_the_predictor_and_the_table_shows_the_change(tmp_path):
+    base, trained = _says(3, "base"), _says(4, "trained")
+    predictor = LevelPredictor()
+    initial = _says(2, "writer")
+    rows = compare_refiners(
+        [_user("a"), _user("b")],
+        {"base": base, "trained": trained},
+        tmp_path,
+        initial_writer=initial,
+        predictor=predictor,
+        min_words=10,
+        max_words=80,
+    )
+    assert len(rows) == 4 and len(initial.calls) == 2  # one S0 per user, shared by both refiners
+    table = summarise_one_step(rows)["toy"]
+    assert table["base"]["before_future"] == table["trained"]["before_future"] == 2.0  # S0 (level 2) on W2 (4)
+    assert table["base"]["after_future"] == 1.0 and table["trained"]["after_future"] == 0.0
+    assert table["trained"]["future_change_pct"] == -100.0 and table["base"]["users"] == 2
+    md = render_one_step(rows)
+    assert "| toy | trained | 2 | 2.000 | 0.000 | -2.000 (-100.0%)" in md
+    # resumed: nothing is run again
+    again = compare_refiners(
+        [_user("a"), _user("b")],
+        {"base": base, "trained": trained},
+        tmp_path,
+        initial_writer=initial,
+        predictor=predictor,
+        min_words=10,
+        max_words=80,
+    )
+    assert len(again) == 4 and len(initial.calls) == 2 and len(trained.calls) == 2
+
+
+def test_users_missing_a_refiner_are_left_out_of_the_table():
+    row = {
+        "domain": "d",
+        "before": {"previous": 1, "current": 1, "future": 1},
+        "after": {"previous": 1, "current": 1, "future": 0.5},
+    }
+    rows = [
+        row | {"user": "a", "refiner": "x"},
+        row | {"user": "a", "refiner": "y"},
+        row | {"user": "b", "refiner": "x"},
+    ]
+    assert summarise_one_step(rows)["d"]["x"]["users"] == 1
