@@ -790,6 +790,89 @@ def data_stats(
     _emit(dataset_stats(path, fmt, name=name))
 
 
+@app.command()
+def train(
+    config_file: Annotated[Path, typer.Argument(help="Training TOML (personalens.training.pipeline).")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output directory (default: train-runs/<config file stem>).")
+    ] = None,
+    until: Annotated[
+        str,
+        typer.Option(help="Stop after this stage: contexts | sampling | pairs | train | iteration2 | evaluate."),
+    ] = "evaluate",
+    adapter_model: Annotated[
+        str,
+        typer.Option(
+            help="With a remote LLM (llm.base_url): the model name under which the server serves a trained adapter; "
+            "{iteration} becomes iter1/iter2 (e.g. vLLM --lora-modules iter1=…/iter1/dpo/adapter)."
+        ),
+    ] = "{iteration}",
+) -> None:
+    """Train a refiner as DeePer does: contexts → self-sampled candidates with rewards → preference pairs → LoRA
+    DPO + SFT → iteration 2 → one-step comparison on held-out users. Resumable: rerun the same command; finished
+    stages are read back. Needs the train extra: pip install 'personalens[train]'."""
+    import dataclasses
+
+    from personalens.factory import build_chat_model
+    from personalens.llm.weights import ensure_weights
+    from personalens.refinement.loop import ProbabilityPredictor, StructuredPredictor
+    from personalens.training.pipeline import TrainPipeline, load_train_config
+
+    config = load_train_config(config_file)
+    target = out_dir or Path("train-runs") / config_file.stem
+    settings = state.settings
+    remote = settings.llm.resolved_backend() == "openai"
+    base = build_chat_model(settings)
+    base_gguf = None if remote else Path(settings.llm.model_path or ensure_weights(cache_dir=settings.cache_path))
+    base_model = config.base_model or (str(base_gguf) if base_gguf else None)
+    opened: list[Any] = [base]
+
+    def model_for(adapter: Path | None) -> Any:
+        if adapter is None:
+            return base
+        iteration = next(p.name for p in adapter.parents if p.name.startswith("iter"))
+        if remote:
+            llm = dataclasses.replace(settings.llm, model=adapter_model.format(iteration=iteration))
+        else:
+            llm = dataclasses.replace(settings.llm, lora=str(adapter))
+        model = build_chat_model(dataclasses.replace(settings, llm=llm))
+        opened.append(model)
+        return model
+
+    scorer = ProbabilityPredictor(base) if config.predictor == "probability" else StructuredPredictor(base)
+    with _progress() as progress:
+        bar = progress.add_task("training", total=None)
+
+        def on_event(kind: str, payload: dict[str, Any]) -> None:
+            if kind == "stage":
+                progress.update(bar, description=payload["stage"], completed=0, total=None)
+            elif kind == "train_log" and "step" in payload:
+                progress.update(bar, completed=payload["step"], description=f"DPO step {payload['step']}")
+            elif kind in ("context", "failed", "row"):
+                progress.advance(bar)
+
+        pipeline = TrainPipeline(
+            config,
+            target,
+            model_for=model_for,
+            predictor=scorer,
+            base_model=base_model,
+            base_gguf=base_gguf,
+            on_event=on_event,
+        )
+        try:
+            summary = pipeline.run(until=until)
+        finally:
+            for model in opened:
+                model.close()
+    if state.json:
+        _emit(summary)
+        return
+    for stage in summary["stages"]:
+        out.print(f"{stage['stage']}: {stage['seconds']:.0f} s, {stage['usage'].get('calls', 0)} LLM calls")
+    out.print(f"report: {target / 'report.md'}")
+
+
 @eval_app.command("run")
 def eval_run(
     config_file: Annotated[Path, typer.Argument(help="Experiment TOML (see personalens.evaluation.experiment).")],

@@ -6,7 +6,9 @@ The pipeline, one module per step:
 * :mod:`~personalens.training.sampling` — M candidate refinements per context, each with its rewards;
 * :mod:`~personalens.training.pairs` — preference pairs by thresholds and margin, replay, TRL JSONL;
 * :mod:`~personalens.training.dpo` — LoRA DPO + SFT with TRL/PEFT (needs ``personalens[train]``; imported lazily);
-* :mod:`~personalens.training.evaluate` — one-step refinement before and after training (Table 18 layout).
+* :mod:`~personalens.training.evaluate` — one-step refinement before and after training (Table 18 layout);
+* :mod:`~personalens.training.export` — the trained adapter as a llama.cpp LoRA for the embedded runtime;
+* :mod:`~personalens.training.pipeline` — all of it as one resumable run (``personalens train CONFIG``).
 
 Nothing here imports torch; only :mod:`~personalens.training.dpo` needs it, inside its functions.
 """
@@ -23,6 +25,7 @@ from personalens.training.pairs import (
     replay_pairs,
     write_pairs,
 )
+from personalens.training.pipeline import TrainPipeline, TrainPipelineConfig, load_train_config
 from personalens.training.sampling import Candidate, SamplingConfig, read_samples, run_sampling
 
 __all__ = [
@@ -31,9 +34,12 @@ __all__ = [
     "PreferencePair",
     "RefineContext",
     "SamplingConfig",
+    "TrainPipeline",
+    "TrainPipelineConfig",
     "build_contexts",
     "build_pairs",
     "compare_refiners",
+    "load_train_config",
     "make_pairs",
     "pair_stats",
     "read_contexts",

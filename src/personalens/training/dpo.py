@@ -104,6 +104,7 @@ class DPOTrainConfig:
     seed: int = 0
     # runtime
     use_cpu: bool = True
+    bf16: bool = False  # mixed precision on a GPU (DeePer's released run); the CPU path stays float32
     gradient_checkpointing: bool = True
     disable_dropout: bool = True
 
@@ -573,7 +574,7 @@ def _dpo_args(config: DPOTrainConfig, checkpoints: Path, has_val: bool) -> Any:
         save_total_limit=config.save_total_limit,
         # runtime: float32 (the CPU path), no trackers, no progress bars (progress goes to on_log)
         use_cpu=config.use_cpu,
-        bf16=False,
+        bf16=config.bf16,
         fp16=False,
         report_to="none",
         disable_tqdm=True,

@@ -1,0 +1,216 @@
+"""The training pipeline end to end with scripted models and a fake trainer: stages, files, iteration 2 with replay,
+the before/after evaluation, resuming without new LLM calls, and refusing a changed config."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from personalens.errors import ConfigError
+from personalens.llm.base import Usage
+from personalens.llm.testing import ScriptedChatModel
+from personalens.training.pipeline import TrainPipeline, load_train_config, parse_train_config
+
+FILLER = " ".join(["The person weighs texture, effort and flavour with care."] * 3)
+DOMAIN = "amazon_toys"
+
+
+def _window(user: str, w: int) -> dict[str, Any]:
+    return {"items": [f"{user} thing {w}-{j}" for j in range(3)], "ratings": [4.0, 4.0, 4.0]}
+
+
+def _data(root: Path, n_train: int = 4, n_test: int = 3) -> Path:
+    folder = root / DOMAIN
+    folder.mkdir(parents=True)
+    header = "id,item_type,split,dataset_name,source_url," + ",".join(f"windows_{i}" for i in range(5)) + "\n"
+    rows = []
+    for u in range(n_train):
+        cells = ",".join('"' + repr(_window(f"t{u}", w)) + '"' for w in range(5))
+        rows.append(f"t{u},toy,train,{DOMAIN},x,{cells}\n")
+    (folder / "train_users.csv").write_text(header + "".join(rows))
+    tests = []
+    for u in range(n_test):
+        obj: dict[str, Any] = {
+            "id": f"h{u}",
+            "iteration": 1,
+            "item_type": "toy",
+            "split": "eval",
+            "dataset_name": DOMAIN,
+        }
+        for w in range(3):
+            obj[f"I{w}"] = [f"h{u} thing {w}-{j}" for j in range(3)]
+            obj[f"U{w}"] = [4, 4, 4]
+        tests.append(json.dumps(obj) + "\n")
+    (folder / "test_iteration_1.jsonl").write_text("".join(tests))
+    return root
+
+
+class LevelPredictor:
+    """Predicts every item at the level the persona names ("level 3")."""
+
+    def config(self):
+        return {"predictor": "level"}
+
+    def predict(self, persona, items, *, domain, scale):
+        level = float(re.search(r"level (\d+)", persona).group(1))
+        return [level] * len(items), Usage(calls=1)
+
+
+def _model(name: str, shift: int = 0) -> ScriptedChatModel:
+    # greedy answers (seed 0) say level 1 (+ shift); sample k says level 1 + (k + shift) % 5
+    return ScriptedChatModel(
+        lambda r: f"Rates everything at level {1 + ((r.seed or 0) + shift) % 5}. {FILLER}", model_id=name
+    )
+
+
+@dataclass
+class FakeResult:
+    adapter_dir: str
+    global_step: int = 1
+
+    def to_dict(self):
+        return {"adapter_dir": self.adapter_dir, "global_step": self.global_step, "train_pairs": 1}
+
+
+class FakeTrainer:
+    def __init__(self):
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, pairs_path, base_model, out_dir, config, *, init_adapter=None, on_log=None):
+        rows = [json.loads(line) for line in Path(pairs_path).read_text().splitlines()]
+        self.calls.append({"pairs": rows, "init_adapter": init_adapter, "out_dir": Path(out_dir), "config": config})
+        adapter = Path(out_dir) / "adapter"
+        adapter.mkdir(parents=True, exist_ok=True)
+        (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+        return FakeResult(str(adapter))
+
+
+def _export(adapter: Path, base: Path, out: Path) -> None:
+    out.write_bytes(b"gguf:" + Path(adapter).name.encode())
+
+
+CONFIG = """
+name = "toy"
+iterations = 2
+[data]
+root = "data"
+domains = ["amazon_toys"]
+train_users_per_domain = 4
+heldout_users_per_domain = 3
+[sampling]
+candidates = 5
+min_words = 10
+max_words = 80
+[pairs]
+margin_iteration2 = 0.8
+replay_share = 0.5
+[train]
+max_steps = 1
+lora_rank = 4
+"""
+
+
+def _pipeline(tmp_path: Path, trainer: FakeTrainer, models: dict[str, ScriptedChatModel]):
+    (tmp_path / "run.toml").write_text(CONFIG)
+    _data(tmp_path / "data") if not (tmp_path / "data").exists() else None
+    config = load_train_config(tmp_path / "run.toml")
+
+    def model_for(adapter):
+        key = "base" if adapter is None else adapter.parent.name
+        return models.setdefault(key, _model(key, shift=1 if key != "base" else 0))
+
+    base_gguf = tmp_path / "base.gguf"
+    base_gguf.write_bytes(b"base")
+    return TrainPipeline(
+        config,
+        tmp_path / "out",
+        model_for=model_for,
+        predictor=LevelPredictor(),
+        base_model=base_gguf,
+        base_gguf=base_gguf,
+        trainer=trainer,
+        exporter=_export,
+    )
+
+
+def test_the_pipeline_runs_both_iterations_and_compares_refiners(tmp_path):
+    trainer, models = FakeTrainer(), {}
+    summary = _pipeline(tmp_path, trainer, models).run()
+    out = tmp_path / "out"
+    for name in ("contexts.jsonl", "samples.jsonl", "pairs.jsonl", "adapter.gguf"):
+        assert (out / "iter1" / name).is_file() and (out / "iter2" / name).is_file()
+    stages = [s["stage"] for s in summary["stages"]]
+    assert stages == [
+        "contexts:iter1",
+        "sampling:iter1",
+        "pairs:iter1",
+        "train:iter1",
+        "contexts:iter2",
+        "sampling:iter2",
+        "pairs:iter2",
+        "train:iter2",
+        "evaluate",
+    ]
+    # iteration 1: pairs within contexts only, base-model samples; training starts from scratch
+    first, second = trainer.calls
+    assert first["init_adapter"] is None and second["init_adapter"] == out / "iter1" / "dpo" / "adapter"
+    assert all(p["iteration"] == 1 and p["margin"] >= 0.5 for p in first["pairs"])
+    for p in first["pairs"]:
+        user = p["context_id"].split("/")[1]
+        assert user in p["prompt"][0]["content"]  # the prompt is that context's own observation
+    # iteration 2: new pairs (δ = 0.8) on step-1 and step-2 contexts, plus replayed iteration-1 pairs above 0.8
+    new = [p for p in second["pairs"] if p["iteration"] == 2]
+    replayed = [p for p in second["pairs"] if p["iteration"] == 1]
+    assert new and all(p["margin"] >= 0.8 for p in new)
+    assert {p["context_id"].rsplit("/", 1)[1] for p in new} == {"step1", "step2"}
+    assert replayed and all(p["margin"] > 0.8 for p in replayed)
+    assert len(replayed) == min(len(new), sum(p["margin"] > 0.8 for p in first["pairs"]))  # share 0.5
+    # the iteration-1 model sampled iteration 2; the base model never did
+    assert all(r.seed and r.seed > 1000 for r in models["iter1"].calls if r.temperature)
+    # evaluation: every held-out user refined once by each refiner, all scored by the same predictor
+    rows = [json.loads(line) for line in (out / "eval" / "one_step.jsonl").read_text().splitlines()]
+    assert sorted({r["refiner"] for r in rows}) == ["base", "iteration 1", "iteration 2"]
+    assert sorted({r["user"] for r in rows}) == ["h0", "h1", "h2"]
+    assert "One-step refinement" in (out / "report.md").read_text()
+    assert json.loads((out / "summary.json").read_text())["adapters"]["iteration 2"]["gguf"].endswith("adapter.gguf")
+
+
+def test_a_rerun_makes_no_llm_call_and_a_changed_config_is_refused(tmp_path):
+    trainer, models = FakeTrainer(), {}
+    _pipeline(tmp_path, trainer, models).run()
+    calls = {k: len(m.calls) for k, m in models.items()}
+    _pipeline(tmp_path, FakeTrainer(), models).run()
+    assert {k: len(m.calls) for k, m in models.items()} == calls
+    (tmp_path / "run.toml").write_text(CONFIG.replace("candidates = 5", "candidates = 6"))
+    config = load_train_config(tmp_path / "run.toml")
+    pipeline = _pipeline(tmp_path, FakeTrainer(), models)
+    pipeline.config = config
+    with pytest.raises(ConfigError, match="another configuration"):
+        pipeline.run()
+
+
+def test_until_stops_after_a_stage_so_training_can_run_elsewhere(tmp_path):
+    trainer = FakeTrainer()
+    summary = _pipeline(tmp_path, trainer, {}).run(until="pairs")
+    assert [s["stage"] for s in summary["stages"]][-1] == "pairs:iter1" and not trainer.calls
+    assert (tmp_path / "out" / "iter1" / "pairs.jsonl").is_file()
+    summary = _pipeline(tmp_path, trainer, {}).run(until="train")
+    assert len(trainer.calls) == 1 and not (tmp_path / "out" / "iter2").exists()
+    with pytest.raises(ConfigError, match="until"):
+        _pipeline(tmp_path, trainer, {}).run(until="nonsense")
+
+
+def test_config_errors_name_the_section_and_key():
+    with pytest.raises(ConfigError, match=r"\[sampling\].*'candidatez'"):
+        parse_train_config({"data": {"root": "x", "domains": ["d"]}, "sampling": {"candidatez": 3}})
+    with pytest.raises(ConfigError, match="root and domains"):
+        parse_train_config({"data": {"domains": []}})
+    with pytest.raises(ConfigError, match="iterations"):
+        parse_train_config({"iterations": 3, "data": {"root": "x", "domains": ["d"]}})
+    with pytest.raises(ConfigError, match="lora_rank"):
+        parse_train_config({"data": {"root": "x", "domains": ["d"]}, "train": {"lora_rank": 0}})
