@@ -893,6 +893,7 @@ def eval_run(
     config = load_config(config_file)
     target = out_dir or Path("eval-runs") / config_file.stem
     summary = None
+    _require_rows(target, report_only)
     if not report_only:
         models: list[Any] = []
 
@@ -965,6 +966,7 @@ def eval_dynamic(
     config = load_dynamic_config(config_file)
     target = out_dir or Path("eval-runs") / config_file.stem
     info: dict[str, Any] = {}
+    _require_rows(target, report_only)
     if not report_only:
         model = build_chat_model(state.settings)
         with _progress() as progress:
@@ -1000,6 +1002,11 @@ def eval_dynamic(
             f"{summary.usage.describe()}; {info['seconds']} s"
         )
     out.print(f"report: {paths['markdown']}")
+
+
+def _require_rows(target: Path, report_only: bool) -> None:
+    if report_only and not (target / "rows.jsonl").is_file():
+        raise PersonaLensError(f"--report-only: {target / 'rows.jsonl'} does not exist; run the experiment first")
 
 
 def main() -> None:

@@ -108,3 +108,12 @@ def test_personas_shows_what_a_refinement_round_changed(cli, tmp_path):
     assert shown.exit_code == 0 and "round 2, refine; MAE previous" in shown.output
     listed = CliRunner().invoke(app, ["personas", "a", "--store", "s.sqlite", "--versions"])
     assert listed.exit_code == 0 and "note" in listed.output
+
+
+def test_report_only_without_a_run_is_a_clear_error(tmp_path):
+    (tmp_path / "dyn.toml").write_text('[data]\nroot = "d"\ndomains = ["x"]\n')
+    result = CliRunner().invoke(
+        app, ["eval", "dynamic", str(tmp_path / "dyn.toml"), "--out", str(tmp_path / "none"), "--report-only"]
+    )
+    assert result.exit_code != 0 and "run the experiment first" in str(result.exception)
+    assert not (tmp_path / "none").exists()
