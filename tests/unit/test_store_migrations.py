@@ -172,3 +172,15 @@ def test_a_failing_migration_rolls_back_every_step(tmp_path, monkeypatch):
     monkeypatch.undo()
     with PersonaStore(path) as store:
         assert store.schema_version == schema_version()
+
+
+def test_a_file_that_is_not_a_database_is_a_store_error_and_left_alone(tmp_path):
+    from personalens.errors import StoreError
+    from personalens.store import PersonaStore
+
+    path = tmp_path / "notes.sqlite"
+    path.write_bytes(b"these are my notes, not a database" * 200)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="not a usable persona store"):
+        PersonaStore(path)
+    assert path.read_bytes() == before

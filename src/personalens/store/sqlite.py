@@ -275,6 +275,10 @@ class PersonaStore:
         try:
             self._configure()
             self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            self._db = None
+            raise StoreError(f"{self.path}: not a usable persona store ({exc}); nothing was changed") from exc
         except BaseException:
             self._db.close()
             self._db = None
