@@ -308,6 +308,76 @@ def serve_llm(
         model.close()
 
 
+service_app = typer.Typer(help="The HTTP service's API keys (see `personalens serve`).", no_args_is_help=True)
+app.add_typer(service_app, name="service")
+
+DataDirOpt = Annotated[
+    Path, typer.Option("--data-dir", help="One folder per tenant: its persona store, behaviours and jobs.")
+]
+KeysOpt = Annotated[
+    Path | None, typer.Option("--keys-file", help="API keys file (sha256 hashes only; default DATA_DIR/keys.json).")
+]
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (0.0.0.0 exposes it to the network).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    data_dir: DataDirOpt = Path("service-data"),
+    keys_file: KeysOpt = None,
+    store_url: Annotated[
+        str | None,
+        typer.Option("--store", help="A postgresql:// URL: persona stores in PostgreSQL, one schema per tenant."),
+    ] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (413 above).")] = 1 << 20,
+    max_behaviours: Annotated[int, typer.Option(help="Most behaviours in one ingestion request.")] = 5000,
+    workers: Annotated[int, typer.Option(help="Background job worker threads.")] = 1,
+    llm_concurrency: Annotated[int, typer.Option(help="LLM calls in flight at once (jobs and chat together).")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the HTTP service (needs the service extra: pip install 'personalens[service]'). Add a key first with
+    `personalens service add-key TENANT`; OpenAPI at /openapi.json, a local docs page at /docs."""
+    try:
+        import uvicorn
+
+        from personalens.service import ServiceConfig, create_app
+    except ImportError as exc:
+        raise PersonaLensError(f"the service needs its extra: pip install 'personalens[service]' ({exc})") from None
+    config = ServiceConfig(
+        data_dir,
+        keys_file=keys_file,
+        store_url=store_url,
+        settings=state.settings,
+        max_body_bytes=max_body_bytes,
+        max_behaviours=max_behaviours,
+        job_workers=workers,
+        llm_concurrency=llm_concurrency,
+    )
+    if not config.keys_path.exists():
+        err.print(f"[yellow]no keys file at {config.keys_path}:[/] add one with `personalens service add-key TENANT`")
+    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level)
+
+
+@service_app.command("add-key")
+def service_add_key(
+    tenant: Annotated[str, typer.Argument(help="Tenant name: a-z, 0-9 and _, starting with a letter.")],
+    data_dir: DataDirOpt = Path("service-data"),
+    keys_file: KeysOpt = None,
+) -> None:
+    """Create an API key for TENANT and print it once; only its sha256 is stored."""
+    from personalens.service.keys import add_key
+
+    path = keys_file if keys_file is not None else data_dir / "keys.json"
+    key = add_key(path, tenant)
+    if state.json:
+        _emit({"tenant": tenant, "key": key, "keys_file": str(path)})
+    else:
+        out.print(key, soft_wrap=True)
+        err.print(f"[dim]key for tenant {tenant} (shown only now; its hash is in {path})[/]")
+
+
 def _store(location: str | None = None) -> PersonaStoreProtocol:
     """The persona store at ``--store`` or the ``store`` setting: a SQLite file or a ``postgresql://`` URL."""
     from personalens.factory import build_store
