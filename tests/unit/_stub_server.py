@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Reply = tuple[int, dict[str, str], Any]  # status, headers, JSON body (or a str sent as-is)
+CUT_HEADER = "X-Stub-Cut"  # a reply header (not sent): declare the full Content-Length, send only this many bytes
 
 
 class StubServer:
@@ -48,12 +49,19 @@ class StubServer:
                         reply = stub.handler(self.path, body)
                     status, headers, payload = reply
                     data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                    headers = dict(headers)
+                    cut = headers.pop(CUT_HEADER, None)  # send this many bytes of the body, then hang up
                     self.send_response(status)
                     for k, v in headers.items():
                         self.send_header(k, v)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
+                    if cut is not None:
+                        self.wfile.write(data[: int(cut)])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test)

@@ -6,12 +6,26 @@ Loaders in :mod:`personalens.data` produce a :class:`Dataset`; everything downst
 
 from __future__ import annotations
 
+import copyreg
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from personalens.errors import DataError
+
+
+def _mappingproxy(data: dict[Any, Any]) -> MappingProxyType[Any, Any]:
+    return MappingProxyType(data)
+
+
+def _reduce_mappingproxy(proxy: MappingProxyType[Any, Any]) -> tuple[Any, tuple[dict[Any, Any]]]:
+    return _mappingproxy, (dict(proxy),)
+
+
+# Items keep their fields in read-only mapping proxies; registering how to pickle one makes datasets picklable (a
+# distributed build sends the dataset to its workers).
+copyreg.pickle(MappingProxyType, _reduce_mappingproxy)
 
 
 @dataclass(frozen=True, slots=True)

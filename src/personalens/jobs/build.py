@@ -9,6 +9,7 @@ stopped, a finished run repeats instantly, and a cache is never reused after any
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -21,8 +22,11 @@ import numpy as np
 
 from personalens.data.records import Dataset, History, Interaction
 from personalens.embed.base import Embedder
-from personalens.errors import BudgetExceeded, PersonaLensError
+from personalens.errors import BudgetExceeded, ConfigError, PersonaLensError
+from personalens.jobs.backends import WorkerBackends
+from personalens.jobs.executors import Executor, LimitedChatModel, LLMLimiter, LocalExecutor, portable_error
 from personalens.llm.base import ChatModel, Usage
+from personalens.llm.usage import UsageMeter
 from personalens.profiling import PROMPTS_VERSION, reflect_profile, sample_negatives, summarize_history
 from personalens.selection import PersonaXSelector, Selection
 from personalens.store import Persona, PersonaSet, PersonaStoreProtocol
@@ -139,7 +143,16 @@ def behaviour_times(behaviours: Sequence[Interaction]) -> np.ndarray:
 
 
 class PersonaXBuilder:
-    """Builds and stores PersonaX persona sets. ``on_event(kind, user_id, payload)`` reports progress."""
+    """Builds and stores PersonaX persona sets. ``on_event(kind, user_id, payload)`` reports progress.
+
+    ``executor`` says where the per-user work (embedding, selection, LLM calls) runs: in this process by default
+    (:class:`~personalens.jobs.executors.LocalExecutor`), or on Ray
+    (:class:`~personalens.jobs.executors.RayExecutor`), whose workers rebuild their backends from ``backends`` (a
+    picklable recipe such as :class:`~personalens.jobs.backends.SettingsBackends`). Whatever the executor, only
+    this object (the driver) writes to the store: workers return the finished personas, the driver saves each
+    user's set in one transaction and records its build status. On Ray, ``selected``/``persona`` progress events
+    stay on the workers; ``user`` events arrive as users finish, in any order.
+    """
 
     def __init__(
         self,
@@ -150,6 +163,8 @@ class PersonaXBuilder:
         config: BuildConfig | None = None,
         *,
         on_event: Callable[[str, str, dict[str, Any]], None] | None = None,
+        executor: Executor | None = None,
+        backends: WorkerBackends | None = None,
     ) -> None:
         self.model = model
         self.embedder = embedder
@@ -157,6 +172,8 @@ class PersonaXBuilder:
         self.store = store
         self.config = config or BuildConfig()
         self.on_event = on_event or (lambda kind, user, payload: None)
+        self.executor: Executor = executor or LocalExecutor()
+        self.backends = backends
 
     # ------------------------------------------------------------------ configuration
     def run_config(self) -> dict[str, Any]:
@@ -182,18 +199,18 @@ class PersonaXBuilder:
         """Select, profile and store one user's persona set (always builds; :meth:`run` does the skipping)."""
         history, liked, disliked = split_history(dataset, user_id, self.config)
         config, config_hash = self.user_config(dataset, history.interactions)
-        return self._build(dataset, user_id, history, liked, disliked, config, config_hash)
+        personas = self.compose(dataset, user_id, history, liked, disliked)
+        return self._save(user_id, personas, config, config_hash)
 
-    def _build(
+    def compose(
         self,
         dataset: Dataset,
         user_id: str,
         history: History,
         liked: list[Interaction],
         disliked: list[Interaction],
-        config: dict[str, Any],
-        config_hash: str,
-    ) -> PersonaSet:
+    ) -> list[Persona]:
+        """Select and profile one user's personas (with their embeddings); writes nothing."""
         if not liked:
             raise PersonaLensError(f"user {user_id!r} has no liked behaviours to build personas from")
         cfg = self.config
@@ -261,12 +278,14 @@ class PersonaXBuilder:
             )
             self.on_event("persona", user_id, {"cluster": cluster, "of": len(selection.sizes)})
         persona_vectors = self.embedder.embed([p.text for p in personas])
-        personas = [_with_embedding(p, v) for p, v in zip(personas, persona_vectors, strict=True)]
+        return [_with_embedding(p, v) for p, v in zip(personas, persona_vectors, strict=True)]
+
+    def _save(self, user_id: str, personas: list[Persona], config: dict[str, Any], config_hash: str) -> PersonaSet:
         return self.store.save(
             user_id,
             personas,
             creator="personax-build",
-            method=cfg.method,
+            method=self.config.method,
             config=config,
             config_hash=config_hash,
             embedder_id=self.embedder.model_id,
@@ -284,47 +303,124 @@ class PersonaXBuilder:
         self.store.start_run(
             run_id, hashlib.sha256(_canonical(self.run_config()).encode()).hexdigest(), self.run_config()
         )
-        outcomes: list[UserOutcome] = []
+        outcomes: dict[str, UserOutcome] = {}
         total = Usage()
         stopped = None
+        todo: list[tuple[str, tuple[str, dict[str, Any], str]]] = []
         for user_id in user_ids:
             t0 = time.perf_counter()
-            history, liked, disliked = split_history(dataset, user_id, self.config)
+            history, _liked, _disliked = split_history(dataset, user_id, self.config)
             config, config_hash = self.user_config(dataset, history.interactions)
             existing = self.store.find(user_id, config_hash)
-            if existing is not None:
-                outcome = UserOutcome(user_id, "cached", existing.version, len(existing.personas))
-                self.store.mark_build(run_id, user_id, "done")
-            else:
-                before = _usage_of(self.model)
-                try:
-                    saved = self._build(dataset, user_id, history, liked, disliked, config, config_hash)
-                except BudgetExceeded as exc:
-                    stopped = str(exc)
+            if existing is None:
+                todo.append((user_id, (user_id, config, config_hash)))
+                continue
+            outcome = UserOutcome(user_id, "cached", existing.version, len(existing.personas))
+            self.store.mark_build(run_id, user_id, "done")
+            outcome.seconds = time.perf_counter() - t0
+            outcomes[user_id] = outcome
+            self.on_event("user", user_id, {"status": outcome.status, "seconds": outcome.seconds})
+        setup = _BuildSetup(self, dataset)
+        with contextlib.closing(self.executor.run(setup, _build_work, todo)) as results:
+            for result in results:
+                user_id = result.key
+                done = result.value
+                error = result.error if done is None else done.error
+                used = Usage() if done is None else done.usage
+                if isinstance(error, BudgetExceeded):
+                    stopped = str(error)
                     self.store.mark_build(run_id, user_id, "pending", error=stopped)
                     break
-                except PersonaLensError as exc:
-                    used = _usage_of(self.model) - before
-                    outcome = UserOutcome(user_id, "failed", usage=used, error=str(exc))
-                    self.store.mark_build(run_id, user_id, "failed", error=str(exc), usage=used.to_dict())
+                if error is not None and not isinstance(error, PersonaLensError):
+                    raise error
+                if error is not None or done is None or done.personas is None:
+                    message = str(error) if error is not None else "the worker returned no personas"
+                    outcome = UserOutcome(user_id, "failed", usage=used, error=message)
+                    self.store.mark_build(run_id, user_id, "failed", error=message, usage=used.to_dict())
                 else:
-                    used = _usage_of(self.model) - before
+                    _, config, config_hash = done.item
+                    saved = self._save(user_id, done.personas, config, config_hash)
                     outcome = UserOutcome(user_id, "built", saved.version, len(saved.personas), used)
                     self.store.mark_build(run_id, user_id, "done", usage=used.to_dict())
-            outcome.seconds = time.perf_counter() - t0
+                outcome.seconds = 0.0 if done is None else done.seconds
+                outcomes[user_id] = outcome
+                self.on_event("user", user_id, {"status": outcome.status, "seconds": outcome.seconds})
+        ordered = [outcomes[u] for u in user_ids if u in outcomes]
+        for outcome in ordered:
             total = total + outcome.usage
-            outcomes.append(outcome)
-            self.on_event("user", user_id, {"status": outcome.status, "seconds": outcome.seconds})
-        return BuildReport(run_id, outcomes, total, time.perf_counter() - started, stopped)
+        return BuildReport(run_id, ordered, total, time.perf_counter() - started, stopped)
+
+
+@dataclass(slots=True)
+class _UserBuild:
+    """What a worker sends back for one user: the personas (or the error that stopped them) and the usage."""
+
+    item: tuple[str, dict[str, Any], str]
+    personas: list[Persona] | None
+    usage: Usage
+    seconds: float
+    error: BaseException | None = None
+
+
+class _BuildSetup:
+    """Builds a worker's :class:`PersonaXBuilder` (without a store). In this process it reuses the driver's live
+    model and embedder; on a remote worker it rebuilds them from the driver's ``backends`` recipe. Picklable: the
+    live driver is dropped when it travels."""
+
+    def __init__(self, driver: PersonaXBuilder, dataset: Dataset) -> None:
+        self.driver: PersonaXBuilder | None = driver
+        self.dataset = dataset
+        self.selector = driver.selector
+        self.config = driver.config
+        self.backends = driver.backends
+        self.model_id = driver.model.model_id
+        self.embedder_id = driver.embedder.model_id
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["driver"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __call__(self, limiter: LLMLimiter | None, local: bool) -> tuple[PersonaXBuilder, Dataset]:
+        store: Any = None  # workers never write: the driver saves what they return
+        if local and self.driver is not None:
+            d = self.driver
+            model = d.model if limiter is None else LimitedChatModel(d.model, limiter)
+            worker = PersonaXBuilder(model, d.embedder, self.selector, store, self.config, on_event=d.on_event)
+            return worker, self.dataset
+        if self.backends is None:
+            raise ConfigError("a remote executor needs the builder's `backends` (e.g. SettingsBackends(settings))")
+        model = self.backends.chat_model(limiter)
+        embedder = self.backends.embedder()
+        for what, got, want in (
+            ("model", model.model_id, self.model_id),
+            ("embedder", embedder.model_id, self.embedder_id),
+        ):
+            if got != want:
+                raise ConfigError(f"worker {what} {got!r} differs from the driver's {want!r}")
+        return PersonaXBuilder(model, embedder, self.selector, store, self.config), self.dataset
+
+
+def _build_work(state: tuple[PersonaXBuilder, Dataset], item: tuple[str, dict[str, Any], str]) -> _UserBuild:
+    """One user's personas on a worker; every error is returned (with the usage spent), never raised."""
+    builder, dataset = state
+    user_id = item[0]
+    started = time.perf_counter()
+    meter = UsageMeter(builder.model)  # this user's usage alone (other users may run at the same time)
+    worker = PersonaXBuilder(meter, builder.embedder, builder.selector, builder.store, builder.config)
+    worker.on_event = builder.on_event
+    try:
+        history, liked, disliked = split_history(dataset, user_id, builder.config)
+        personas = worker.compose(dataset, user_id, history, liked, disliked)
+    except Exception as exc:  # noqa: BLE001 - the driver decides (fail the user, stop the run, or re-raise)
+        return _UserBuild(item, None, meter.total, time.perf_counter() - started, portable_error(exc))
+    return _UserBuild(item, personas, meter.total, time.perf_counter() - started)
 
 
 def _with_embedding(persona: Persona, vector: np.ndarray) -> Persona:
     from dataclasses import replace
 
     return replace(persona, embedding=np.asarray(vector, dtype=np.float32))
-
-
-def _usage_of(model: ChatModel) -> Usage:
-    """The running usage total of a metered model (zero for models that do not meter)."""
-    total = getattr(model, "total", None)
-    return Usage(**asdict(total)) if isinstance(total, Usage) else Usage()

@@ -15,6 +15,7 @@ same command refines over just the new ones. If the earlier windows changed, the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -26,7 +27,9 @@ from typing import Any, Literal
 import numpy as np
 
 from personalens.embed.base import Embedder
-from personalens.errors import BudgetExceeded, PersonaLensError
+from personalens.errors import BudgetExceeded, ConfigError, PersonaLensError
+from personalens.jobs.backends import WorkerBackends
+from personalens.jobs.executors import Executor, LimitedChatModel, LLMLimiter, LocalExecutor
 from personalens.llm.base import ChatModel, Usage
 from personalens.refinement.loop import DynamicRefiner, Predictor, RefineConfig, RoundRecord
 from personalens.refinement.prompts import RatedItem
@@ -112,7 +115,15 @@ class _Chain:
 
 class RefineJob:
     """Refines and stores personas for many users. ``on_event(kind, user_id, payload)`` reports progress: ``start``
-    (rounds to run), ``round`` (one round stored), ``user`` (one user finished)."""
+    (rounds to run), ``round`` (one round stored), ``user`` (one user finished).
+
+    ``executor`` runs the users (default: in this process, one after another). On a remote executor each worker
+    rebuilds its model, predictor (``predictor_factory(model)``, e.g. ``ProbabilityPredictor``), embedder and store
+    from ``backends``, and writes each user's rounds itself through the store's atomic, concurrency-safe ``save``:
+    a user's rounds are a chain of versions whose parents are the versions just written, so the worker that owns
+    the user is its only writer (one work item per user), and the driver records the build status. On a cluster the
+    store must be reachable from every worker (PostgreSQL, or a SQLite file on a shared disk).
+    """
 
     def __init__(
         self,
@@ -127,6 +138,9 @@ class RefineJob:
         rounds: int | None = None,
         initial: InitialFrom = "window",
         on_event: Callable[[str, str, dict[str, Any]], None] | None = None,
+        executor: Executor | None = None,
+        backends: WorkerBackends | None = None,
+        predictor_factory: Callable[[ChatModel], Predictor] | None = None,
     ) -> None:
         if initial not in ("window", "current"):
             raise ValueError(f"initial must be 'window' or 'current', not {initial!r}")
@@ -142,6 +156,9 @@ class RefineJob:
         self.rounds = rounds
         self.initial = initial
         self.on_event = on_event or (lambda kind, user, payload: None)
+        self.executor: Executor = executor or LocalExecutor()
+        self.backends = backends
+        self.predictor_factory = predictor_factory
 
     # ------------------------------------------------------------------ configuration
     def _writer(self, user: UserWindows) -> PersonaWriter:
@@ -332,26 +349,80 @@ class RefineJob:
             run_id, hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest(), run_config
         )
         self.on_event("start", "", {"users": len(users), "rounds": sum(self.planned_rounds(u) for u in users)})
-        outcomes: list[RefineOutcome] = []
-        total = Usage()
+        outcomes: dict[str, RefineOutcome] = {}
         stopped = None
-        for user in users:
-            t0 = time.perf_counter()
-            try:
-                outcome = self.refine_user(user)
-            except BudgetExceeded as exc:
-                stopped = str(exc)
-                self.store.mark_build(run_id, user.user_id, "pending", error=stopped)
-                break
-            except PersonaLensError as exc:
-                outcome = RefineOutcome(user.user_id, "failed", error=str(exc), seconds=time.perf_counter() - t0)
-                self.store.mark_build(run_id, user.user_id, "failed", error=str(exc))
-            else:
-                self.store.mark_build(run_id, user.user_id, "done", usage=outcome.usage.to_dict())
+        items = [(user.user_id, user) for user in users]
+        with contextlib.closing(self.executor.run(_RefineSetup(self), _refine_work, items)) as results:
+            for result in results:
+                user_id = result.key
+                error = result.error
+                if isinstance(error, BudgetExceeded):
+                    stopped = str(error)
+                    self.store.mark_build(run_id, user_id, "pending", error=stopped)
+                    break
+                if error is not None and not isinstance(error, PersonaLensError):
+                    raise error
+                if error is not None or result.value is None:
+                    message = str(error) if error is not None else "the worker returned no outcome"
+                    outcome = RefineOutcome(user_id, "failed", error=message)
+                    self.store.mark_build(run_id, user_id, "failed", error=message)
+                else:
+                    outcome = result.value
+                    self.store.mark_build(run_id, user_id, "done", usage=outcome.usage.to_dict())
+                outcomes[user_id] = outcome
+                self.on_event("user", user_id, {"status": outcome.status, "rounds": outcome.rounds_run})
+        ordered = [outcomes[u.user_id] for u in users if u.user_id in outcomes]
+        total = Usage()
+        for outcome in ordered:
             total = total + outcome.usage
-            outcomes.append(outcome)
-            self.on_event("user", user.user_id, {"status": outcome.status, "rounds": outcome.rounds_run})
-        return RefineReport(run_id, outcomes, total, time.perf_counter() - started, stopped)
+        return RefineReport(run_id, ordered, total, time.perf_counter() - started, stopped)
+
+
+class _RefineSetup:
+    """Builds a worker's :class:`RefineJob`: the driver's own job in this process, or one rebuilt from the
+    driver's ``backends`` and ``predictor_factory`` on a remote worker (the live driver is not pickled)."""
+
+    def __init__(self, driver: RefineJob) -> None:
+        self.driver: RefineJob | None = driver
+        self.backends = driver.backends
+        self.predictor_factory = driver.predictor_factory
+        self.options: dict[str, Any] = {
+            "config": driver.config,
+            "min_words": driver.min_words,
+            "max_words": driver.max_words,
+            "rounds": driver.rounds,
+            "initial": driver.initial,
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__) | {"driver": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __call__(self, limiter: LLMLimiter | None, local: bool) -> RefineJob:
+        d = self.driver
+        if local and d is not None:
+            if limiter is None or self.predictor_factory is None:
+                return d
+            model: ChatModel = LimitedChatModel(d.model, limiter)
+            return RefineJob(
+                model, self.predictor_factory(model), d.embedder, d.store, on_event=d.on_event, **self.options
+            )
+        if self.backends is None or self.predictor_factory is None:
+            raise ConfigError("a remote executor needs the job's `backends` and `predictor_factory`")
+        model = self.backends.chat_model(limiter)
+        return RefineJob(
+            model,
+            self.predictor_factory(model),
+            self.backends.embedder(),
+            self.backends.open_store(),
+            **self.options,
+        )
+
+
+def _refine_work(job: RefineJob, user: UserWindows) -> RefineOutcome:
+    return job.refine_user(user)
 
 
 __all__ = ["REFINE_CREATOR", "RefineJob", "RefineOutcome", "RefineReport", "windows_fingerprint"]

@@ -6,7 +6,6 @@ appears in reprs, errors, logs or cache keys.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -64,7 +63,7 @@ class HTTPClient:
             with self.limiter:
                 try:
                     response = self._client.post(url, json=body)
-                except (httpx.TimeoutException, httpx.TransportError) as exc:
+                except httpx.RequestError as exc:  # timeouts, transport errors, a body that fails to decode
                     raise Retryable(f"{type(exc).__name__}: {exc}") from exc
             if response.status_code in RETRY_STATUSES:
                 raise Retryable(
@@ -79,8 +78,12 @@ class HTTPClient:
                 )
             try:
                 data = response.json()
-            except json.JSONDecodeError as exc:
-                raise LLMOutputError(f"POST {url} returned non-JSON", raw=[response.text]) from exc
+            except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+                # a cut-off or garbled body is a transport fault (a proxy or server dropped it mid-way): try again
+                raise Retryable(
+                    f"HTTP {response.status_code} with a body that is not JSON ({exc}): {_short(response.text)}",
+                    status=response.status_code,
+                ) from exc
             if not isinstance(data, dict):
                 raise LLMOutputError(f"POST {url} returned JSON that is not an object", raw=[response.text])
             return data
