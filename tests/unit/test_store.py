@@ -208,6 +208,20 @@ def test_rollback_appends_a_copy_and_keeps_history(store):
         store.rollback("nobody", 1)
 
 
+@pytest.mark.parametrize("version", [2**31, 2**63, 10**30, -(2**63) - 1])
+def test_versions_beyond_the_integer_column_do_not_exist(store, version):
+    # found by tests/unit/test_fuzz_service.py: SQLite raised OverflowError for 2**63 (a 500 in the service)
+    save(store, "u1", make_personas(2, seed=1))
+    assert store.get("u1", version) is None
+    with pytest.raises(StoreError, match=f"no version {version}"):
+        store.diff("u1", 1, version)
+    with pytest.raises(StoreError, match=f"no version {version}"):
+        store.rollback("u1", version)
+    with pytest.raises(StoreError, match=f"no version {version}"):
+        store.set_current("u1", version)
+    assert [v.version for v in store.versions("u1")] == [1]
+
+
 def _rows_mentioning(backend, user_id: str) -> int:
     n = backend.query("SELECT COUNT(*) FROM users WHERE user_id = ?", (user_id,))[0][0]
     n += backend.query("SELECT COUNT(*) FROM persona_sets WHERE user_id = ?", (user_id,))[0][0]

@@ -338,11 +338,11 @@ def iter_jsonl(
             continue
         try:
             value = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, too many digits, nested too deeply
             error = (
                 source.bad_bytes_error(line, None)
                 if line in source.bad
-                else DataError(f"malformed JSON at column {exc.colno}: {exc.msg}", path=source.path, line=line)
+                else DataError(_json_problem(exc), path=source.path, line=line)
             )
             skip_or_raise(error, strict=strict, report=report)
             skipped += 1
@@ -387,7 +387,19 @@ def read_json_document(path: str | Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"malformed JSON at column {exc.colno}: {exc.msg}", path=path, line=exc.lineno) from None
+        raise DataError(_json_problem(exc), path=path, line=exc.lineno) from None
+    except (ValueError, RecursionError) as exc:  # a number with too many digits, or nested too deeply
+        raise DataError(_json_problem(exc), path=path) from None
+
+
+def _json_problem(exc: BaseException) -> str:
+    """The reason ``json.loads`` failed, for a :class:`DataError` message."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"malformed JSON at column {exc.colno}: {exc.msg}"
+    if isinstance(exc, RecursionError):
+        return "malformed JSON: nested too deeply"
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"malformed JSON: {reason[:120]}"
 
 
 # --------------------------------------------------------------------------------------------------- values
@@ -428,7 +440,10 @@ def parse_number(value: Any, path: str | Path | None, line: int | None, field: s
     if isinstance(value, bool):
         raise DataError(f"not a number: {value!r}", path=path, line=line, field=field)
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range (e.g. 10**400 from JSON)
+            raise DataError(f"not a finite number: {_short(str(value))}", path=path, line=line, field=field) from None
     elif isinstance(value, str):
         try:
             number = float(value.strip())

@@ -386,6 +386,8 @@ class PersonaStore:
 
     @staticmethod
     def _load(db: sqlite3.Connection, user_id: str, version: int) -> PersonaSet | None:
+        if not _fits_integer(version):  # no such version can be stored; SQLite would raise OverflowError
+            return None
         row = db.execute(
             f"SELECT {_SET_COLUMNS} FROM persona_sets s WHERE s.user_id = ? AND s.version = ?", (user_id, version)
         ).fetchone()
@@ -467,7 +469,8 @@ class PersonaStore:
         """Point ``current`` at an existing version (no new version is written; see :meth:`rollback` for that)."""
         with self._write() as db:
             if (
-                db.execute(
+                not _fits_integer(version)
+                or db.execute(
                     "SELECT 1 FROM persona_sets WHERE user_id = ? AND version = ?", (user_id, version)
                 ).fetchone()
                 is None
@@ -575,9 +578,13 @@ class PersonaStore:
         note = f"rollback to v{version}" if note is None else note
         now = time.time()
         with self._write() as db:
-            src = db.execute(
-                "SELECT id FROM persona_sets WHERE user_id = ? AND version = ?", (user_id, int(version))
-            ).fetchone()
+            src = (
+                db.execute(
+                    "SELECT id FROM persona_sets WHERE user_id = ? AND version = ?", (user_id, int(version))
+                ).fetchone()
+                if _fits_integer(version)
+                else None
+            )
             if src is None:
                 raise StoreError(f"user {user_id!r} has no version {version} to roll back to")
             latest = int(
@@ -711,6 +718,11 @@ class PersonaStore:
 
     def __repr__(self) -> str:
         return f"PersonaStore({str(self.path)!r})"
+
+
+def _fits_integer(value: Any) -> bool:
+    """Whether ``value`` fits SQLite's 64-bit INTEGER (a larger version cannot exist and cannot even be queried)."""
+    return -(2**63) <= int(value) < 2**63
 
 
 def _is_version(value: Any) -> bool:
