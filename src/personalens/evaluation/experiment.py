@@ -50,7 +50,7 @@ import hashlib
 import json
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,6 +235,19 @@ def read_experiment_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"experiment file not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def check_sections(raw: Mapping[str, Any], sections: Mapping[str, set[str]], *, source: str) -> None:
+    """Refuse an experiment table whose sections are not tables or hold unknown keys. ``sections`` maps a section
+    name (``""`` for the top level) to its known keys; the error names the file, the section and the known keys."""
+    for section, keys in sections.items():
+        table = raw if not section else raw.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        unknown = sorted(set(table) - keys)
+        if unknown:
+            where = f"[{section}]" if section else "top level"
+            raise ConfigError(f"{source}: {where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(keys))}")
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

@@ -101,17 +101,12 @@ def load_dynamic_config(path: str | Path) -> DynamicConfig:
 
 
 def parse_dynamic_config(raw: dict[str, Any], *, source: str = "<config>", base: Path | None = None) -> DynamicConfig:
+    from personalens.evaluation.experiment import check_sections
+
     allowed = {"name", "seed", "data", "refine"}
     data_keys = {"root", "domains", "users_per_domain", "rounds"}
     refine_keys = {"strategies", "verified", "candidates", "temperature", "min_words", "max_words", "predictor"}
-    for section, keys in (("", allowed), ("data", data_keys), ("refine", refine_keys)):
-        table = raw if not section else raw.get(section, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: [{section}] must be a table")
-        unknown = sorted(set(table) - keys)
-        if unknown:
-            where = f"[{section}]" if section else "top level"
-            raise ConfigError(f"{source}: {where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(keys))}")
+    check_sections(raw, {"": allowed, "data": data_keys, "refine": refine_keys}, source=source)
     data, refine = raw.get("data", {}), raw.get("refine", {})
     if "root" not in data or not data.get("domains"):
         raise ConfigError(f"{source}: [data] root and domains are required")

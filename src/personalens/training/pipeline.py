@@ -106,14 +106,9 @@ def parse_train_config(
     raw: Mapping[str, Any], *, source: str = "<config>", base: Path | None = None
 ) -> TrainPipelineConfig:
     """Validate a TOML table (unknown keys and bad values are errors naming the file and section)."""
-    for section, keys in _SECTIONS.items():
-        table = raw if not section else raw.get(section, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: [{section}] must be a table")
-        unknown = sorted(set(table) - keys)
-        if unknown:
-            where = f"[{section}]" if section else "top level"
-            raise ConfigError(f"{source}: {where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(keys))}")
+    from personalens.evaluation.experiment import check_sections
+
+    check_sections(raw, _SECTIONS, source=source)
     data = dict(raw.get("data", {}))
     if "root" not in data or not data.get("domains"):
         raise ConfigError(f"{source}: [data] root and domains are required")
