@@ -137,3 +137,24 @@ def test_conversion_refuses_what_it_cannot_express(tmp_path):
     with pytest.raises(ConfigError, match="base GGUF not found"):
         adapter_to_gguf(adapter_dir, tmp_path / "missing.gguf", tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_the_embedded_model_loads_a_converted_adapter_and_names_it(tmp_path):
+    from personalens.llm.base import ChatRequest, Message
+    from personalens.llm.embedded import LlamaCppModel
+
+    base = write_tiny_gguf(tmp_path / "tiny.gguf", std=0.2)
+    model, _ = load_base_model(base)
+    exported = adapter_to_gguf(_strong_adapter(model, tmp_path / "adapter"), base, tmp_path / "adapter.gguf")
+    plain = LlamaCppModel(base, n_ctx=128, n_threads=1)
+    adapted = LlamaCppModel(base, n_ctx=128, n_threads=1, lora=[(exported.path, 1.0)])
+    assert adapted.model_id == f"{plain.model_id}+lora:{exported.sha256[:16]}*1"  # never shares cached answers
+    request = ChatRequest((Message("user", "the user loves"),), max_tokens=3, temperature=0.0)
+    try:
+        answers = [m.chat(request).text for m in (plain, adapted)]
+    finally:
+        plain.close()
+        adapted.close()
+    assert all(isinstance(a, str) for a in answers)
+    with pytest.raises(Exception, match="LoRA adapter not found"):
+        LlamaCppModel(base, lora=[tmp_path / "missing.gguf"])

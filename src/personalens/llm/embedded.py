@@ -7,7 +7,6 @@ two backends share request building and response parsing. The embedded server al
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -15,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from personalens._files import sha256_file
 from personalens.errors import BackendUnavailable, LLMError
 from personalens.llm.base import ChatRequest, ChatResult, parse_openai_chat_response
 from personalens.llm.weights import QWEN25_CODER_1_5B, ChunkedWeights, ensure_weights
@@ -50,7 +50,7 @@ class LlamaCppModel:
         for path, _ in self.lora:
             if not path.is_file():
                 raise LLMError(f"LoRA adapter not found: {path}")
-        self._lora_id = ",".join(f"{_sha256(p)[:16]}*{scale:g}" for p, scale in self.lora)
+        self._lora_id = ",".join(f"{sha256_file(p)[:16]}*{scale:g}" for p, scale in self.lora)
         self._custom_path = Path(model_path) if model_path is not None else None
         self._model_path: Path | None = self._custom_path
         self._weights = weights
@@ -147,11 +147,3 @@ class LlamaCppModel:
     def close(self) -> None:
         with self._lock:
             self._server = None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

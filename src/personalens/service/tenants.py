@@ -5,7 +5,6 @@ for it."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from dataclasses import dataclass, field
 
@@ -81,7 +80,7 @@ class TenantRegistry:
             raise StoreError(f"tenant {name}: cannot open the service database: {exc}") from exc
         try:
             store = open_store(self.config, name)
-        except (sqlite3.Error, OSError) as exc:  # e.g. a file that is not a database at all
+        except OSError as exc:  # the store reports a file that is not a database itself, as a StoreError
             db.close()
             raise StoreError(f"tenant {name}: cannot open the persona store: {exc}") from exc
         except BaseException:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import os
@@ -42,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from personalens._files import sha256_file
 from personalens.data._validate import bad_type, iter_jsonl
 from personalens.errors import BackendUnavailable, ConfigError, DataError
 
@@ -403,14 +403,6 @@ class DPOTrainResult:
 # --------------------------------------------------------------------------------------------------- run state
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _adapter_weights_file(directory: Path) -> Path:
     for name in ("adapter_model.safetensors", "adapter_model.bin"):
         if (directory / name).is_file():
@@ -424,9 +416,9 @@ def _run_identity(
     directory, gguf_name = _resolve_model_path(base_model, gguf_file)
     return {
         "config": config.to_dict(),
-        "pairs_sha256": _sha256(pairs_path),
+        "pairs_sha256": sha256_file(pairs_path),
         "base_model": {"path": str(directory.resolve()), "gguf_file": gguf_name},
-        "init_adapter_sha256": None if init_adapter is None else _sha256(_adapter_weights_file(init_adapter)),
+        "init_adapter_sha256": None if init_adapter is None else sha256_file(_adapter_weights_file(init_adapter)),
     }
 
 

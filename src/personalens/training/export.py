@@ -20,13 +20,13 @@ a module with no GGUF counterpart) is refused with an error rather than silently
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from personalens._files import sha256_file
 from personalens.errors import BackendUnavailable, ConfigError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -183,7 +183,7 @@ def adapter_to_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_path: st
     writer.write_tensors_to_file()
     writer.close()
     tmp.replace(out_path)
-    digest = hashlib.sha256(out_path.read_bytes()).hexdigest()
+    digest = sha256_file(out_path)
     return ExportedAdapter(out_path, arch, rank, alpha, count, digest)
 
 
