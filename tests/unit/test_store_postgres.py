@@ -35,6 +35,10 @@ def save(store, user: str, n: int = 2, **kw):
     return store.save(user, personas, creator="t", method="m", config_hash="h", embedder_id="e", **kw)
 
 
+#: The migrations this code ships, as recorded in ``schema_migrations``.
+SHIPPED = [(1, "migrate_v1"), (2, "migrate_v2")]
+
+
 def migrations(pg) -> list[tuple[int, str]]:
     return pg.query("SELECT version, name FROM schema_migrations ORDER BY version")
 
@@ -51,11 +55,12 @@ def test_fresh_schema_is_created_at_the_latest_version(pg):
     with pg.open() as store:
         assert store.schema_version == store_postgres.schema_version() == len(store_postgres.MIGRATIONS)
         save(store, "u1")
-    assert migrations(pg) == [(1, "migrate_v1")]
-    assert {"users", "persona_sets", "personas", "build_runs", "build_status", "schema_migrations"} <= set(tables(pg))
+    assert migrations(pg) == SHIPPED
+    expected = {"users", "persona_sets", "personas", "build_runs", "build_status", "memories", "schema_migrations"}
+    assert expected <= set(tables(pg))
     with pg.open() as store:  # reopening changes nothing
         assert store.schema_version == store_postgres.schema_version() and store.current("u1").version == 1
-    assert migrations(pg) == [(1, "migrate_v1")]
+    assert migrations(pg) == SHIPPED
 
 
 def test_newer_schema_is_refused_and_left_untouched(pg):
@@ -75,15 +80,15 @@ def test_a_failing_migration_rolls_back_every_step(pg, monkeypatch):
 
     monkeypatch.setattr(store_postgres, "MIGRATIONS", [*store_postgres.MIGRATIONS, broken])
     with pytest.raises(RuntimeError, match="migration bug"):
-        pg.open()  # a fresh schema: v1 and the broken v2 in one transaction, all rolled back
+        pg.open()  # a fresh schema: the shipped migrations and the broken one in one transaction, all rolled back
     assert pg.query("SELECT 1 FROM pg_namespace WHERE nspname = ?", (pg.schema,)) == []
     monkeypatch.undo()
     with pg.open() as store:
         save(store, "u1")
     monkeypatch.setattr(store_postgres, "MIGRATIONS", [*store_postgres.MIGRATIONS, broken])
     with pytest.raises(RuntimeError, match="migration bug"):
-        pg.open()  # an existing v1 schema stays v1, with its data
-    assert migrations(pg) == [(1, "migrate_v1")] and "half_done" not in tables(pg)
+        pg.open()  # an existing schema stays at its version, with its data
+    assert migrations(pg) == SHIPPED and "half_done" not in tables(pg)
     monkeypatch.undo()
     with pg.open() as store:
         assert store.current("u1").version == 1
@@ -93,13 +98,15 @@ def test_a_new_migration_is_applied_once_when_many_connections_open_at_once(pg, 
     with pg.open() as store:
         save(store, "u1")
     calls: list[int] = []
+    new_version = len(SHIPPED) + 1
 
-    def _migrate_v2(cur):
+    def _migrate_next(cur):
         calls.append(1)
         cur.execute("SELECT pg_sleep(0.2)")  # widen the window in which the other openers arrive
         cur.execute("ALTER TABLE persona_sets ADD COLUMN extra TEXT")
 
-    monkeypatch.setattr(store_postgres, "MIGRATIONS", [*store_postgres.MIGRATIONS, _migrate_v2])
+    _migrate_next.__name__ = f"_migrate_v{new_version}"
+    monkeypatch.setattr(store_postgres, "MIGRATIONS", [*store_postgres.MIGRATIONS, _migrate_next])
     errors: list[BaseException] = []
     start = threading.Barrier(6)
 
@@ -107,7 +114,7 @@ def test_a_new_migration_is_applied_once_when_many_connections_open_at_once(pg, 
         try:
             start.wait()
             with pg.open() as store:  # each its own connection, i.e. its own server process
-                assert store.schema_version == 2 and store.current("u1").version == 1
+                assert store.schema_version == new_version and store.current("u1").version == 1
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -118,7 +125,7 @@ def test_a_new_migration_is_applied_once_when_many_connections_open_at_once(pg, 
         t.join(timeout=120)
     assert not errors, errors
     assert len(calls) == 1
-    assert migrations(pg) == [(1, "migrate_v1"), (2, "migrate_v2")]
+    assert migrations(pg) == [*SHIPPED, (new_version, f"migrate_v{new_version}")]
     with pg.open() as store:
         assert save(store, "u1").version == 2
 

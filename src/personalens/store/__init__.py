@@ -1,5 +1,6 @@
 """Versioned persona storage: every persona set ever built, per user, with a ``current`` pointer, diffs, rollback,
-deletion and the bookkeeping that makes offline builds resumable.
+deletion and the bookkeeping that makes offline builds resumable; and each user's episodic memory
+(:class:`MemoryRecord`: past query, true response, metadata, optional embedding), deleted with the user.
 
     from personalens.store import Persona, PersonaStore
 
@@ -21,6 +22,7 @@ from personalens.store.base import PersonaStoreProtocol
 from personalens.store.models import (
     BUILD_STATUSES,
     ConfigChange,
+    MemoryRecord,
     Persona,
     PersonaChange,
     PersonaSet,
@@ -50,6 +52,7 @@ __all__ = [
     "BUILD_STATUSES",
     "MIGRATIONS",
     "ConfigChange",
+    "MemoryRecord",
     "Persona",
     "PersonaChange",
     "PersonaSet",

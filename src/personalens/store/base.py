@@ -1,6 +1,6 @@
 """The persona-store contract. :class:`~personalens.store.PersonaStore` (SQLite) and
 :class:`~personalens.store.postgres.PostgresPersonaStore` (PostgreSQL) implement it with the same semantics, so its
-callers (the offline build, the retrieval index, the CLI) work on either.
+callers (the offline build, the retrieval index, the CLI, the per-user agent's episodic memory) work on either.
 """
 
 from __future__ import annotations
@@ -8,15 +8,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from personalens.store.models import Persona, PersonaSet, PersonaSetDiff, RunInfo, VersionInfo
+from personalens.store.models import MemoryRecord, Persona, PersonaSet, PersonaSetDiff, RunInfo, VersionInfo
 
 
 @runtime_checkable
 class PersonaStoreProtocol(Protocol):
     """Versioned, append-only storage of persona sets, with a ``current`` pointer per user and build bookkeeping.
 
-    Implementations must make :meth:`save` atomic and give concurrent writers distinct version numbers, validate
-    every input before writing, and raise :class:`~personalens.errors.StoreError` for refused inputs and failed writes.
+    Implementations must make :meth:`save` and :meth:`add_memories` atomic, give concurrent writers distinct version
+    numbers, store a memory added by concurrent writers once, validate every input before writing, and raise
+    :class:`~personalens.errors.StoreError` for refused inputs and failed writes.
     """
 
     def save(
@@ -56,7 +57,35 @@ class PersonaStoreProtocol(Protocol):
         self, user_id: str, version: int, *, creator: str = "rollback", note: str | None = None
     ) -> PersonaSet: ...
 
-    def delete_user(self, user_id: str) -> int: ...
+    def delete_user(self, user_id: str) -> int:
+        """Remove everything of the user (persona versions, build-status rows, episodic memories); returns the number
+        of rows removed (0 for an unknown user)."""
+        ...
+
+    # -- episodic memory (PersonaAgent Eq. 1): independent of persona sets, deleted with the user
+
+    def add_memories(self, user_id: str, records: Sequence[MemoryRecord]) -> int:
+        """Add records atomically after validating all of them; an id already stored with identical content is
+        skipped, with different content refused (nothing written). Returns how many were newly inserted."""
+        ...
+
+    def memories(
+        self,
+        user_id: str,
+        *,
+        before: float | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[MemoryRecord]:
+        """Records without a timestamp first (insertion order), then by timestamp (ties in insertion order), or the
+        exact reverse with ``newest_first``; ``before`` keeps ``timestamp < before`` only; ``limit`` applies last."""
+        ...
+
+    def count_memories(self, user_id: str) -> int: ...
+
+    def memory_users(self) -> list[str]: ...
+
+    def delete_memories(self, user_id: str, memory_ids: Sequence[str] | None = None) -> int: ...
 
     def start_run(self, run_id: str, config_hash: str, config: dict[str, Any]) -> RunInfo: ...
 

@@ -2,6 +2,8 @@
 
 A :class:`PersonaSet` is one version of one user's personas (PersonaX: one persona per behaviour cluster). Vectors
 are float32 ``(d,)`` arrays whose dimension comes from the embedder; arrays read back from the store are read-only.
+A :class:`MemoryRecord` is one entry of a user's episodic memory (PersonaAgent, Eq. 1): a past query, the user's true
+response, and its metadata, with an optional embedding for top-K retrieval.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -133,6 +136,47 @@ class PersonaSet:
             if p.cluster == cluster:
                 return p
         raise KeyError(f"user {self.user_id!r} v{self.version} has no persona for cluster {cluster}")
+
+
+@dataclass(frozen=True, eq=False)
+class MemoryRecord:
+    """One episodic memory of a user (PersonaAgent Eq. 1): a past ``query``, the user's true ``response``, and its
+    metadata ``m_i`` (``timestamp``, ``session`` and free-form JSON-able ``metadata``).
+
+    ``memory_id`` is chosen by the caller and unique per user (e.g. the LaMP profile entry id); re-adding the same id
+    with the same content is a no-op. ``timestamp`` is seconds since the epoch (UTC) or ``None``. ``embedding`` is the
+    optional float32 ``(d,)`` embedding used for retrieval, produced by the embedder named by ``embedder_id`` (``""``
+    exactly when there is no embedding). ``created_at`` is set by the store when the record is first added.
+
+    Equality compares the content and ``memory_id`` (arrays with ``array_equal``) but not ``created_at``, which is
+    bookkeeping: a record read back from the store equals the record that was added.
+    """
+
+    memory_id: str
+    query: str
+    response: str
+    timestamp: float | None = None
+    session: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    embedding: np.ndarray | None = None
+    embedder_id: str = ""
+    created_at: float = 0.0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MemoryRecord):
+            return NotImplemented
+        return (
+            self.memory_id == other.memory_id
+            and self.query == other.query
+            and self.response == other.response
+            and self.timestamp == other.timestamp
+            and self.session == other.session
+            and self.metadata == other.metadata
+            and self.embedder_id == other.embedder_id
+            and _arrays_equal(self.embedding, other.embedding)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # holds an array and a dict
 
 
 @dataclass(frozen=True)
@@ -321,7 +365,7 @@ def check_text(value: Any, what: str) -> str:
     return value
 
 
-def _check_vector(vec: Any, what: str, dim: int | None) -> np.ndarray:
+def _check_vector(vec: Any, what: str, dim: int | None, *, allow_zero: bool = False) -> np.ndarray:
     if not isinstance(vec, np.ndarray):
         raise StoreError(f"{what} must be a numpy float32 array, got {type(vec).__name__}")
     if vec.dtype != np.float32:
@@ -332,7 +376,7 @@ def _check_vector(vec: Any, what: str, dim: int | None) -> np.ndarray:
         raise StoreError(f"{what} has dimension {vec.shape[0]}, but this persona set's dimension is {dim}")
     if not np.all(np.isfinite(vec)):
         raise StoreError(f"{what} contains NaN or infinite values")
-    if not np.any(vec):
+    if not allow_zero and not np.any(vec):
         raise StoreError(f"{what} is all zeros (its cosine to anything is undefined)")
     return vec
 
@@ -374,3 +418,73 @@ def validate_personas(personas: Any) -> tuple[Persona, ...]:
             raise StoreError(f"{where}: meta must be a dict, got {type(p.meta).__name__}")
         canonical_json(p.meta, what=f"{where}: meta")
     return tuple(personas)
+
+
+def _check_no_nul(value: str | None, what: str) -> None:
+    if value is not None and "\x00" in value:
+        raise StoreError(f"{what} contains a NUL character, which the store cannot keep")
+
+
+def _check_timestamp(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, int | float | np.integer | np.floating) or isinstance(value, bool):
+        raise StoreError(f"{what} must be a number of seconds since the epoch or None, got {value!r}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise StoreError(f"{what} must be finite, got {value!r}")
+    return seconds
+
+
+def validate_memories(records: Any) -> tuple[MemoryRecord, ...]:
+    """Check memory records before anything is written; every message names the record's index and id and the field.
+
+    Rules: ``memory_id``, ``query`` and ``response`` are non-empty strings; ``timestamp`` is None or a finite number;
+    ``session`` is None or a string; ``metadata`` a JSON-able dict; ``embedding`` None or a finite float32 ``(d,)``
+    array with one ``d`` for the whole call (all zeros is allowed, unlike persona centroids: an embedder may give that
+    for a degenerate text, and one such record should not sink a batch); ``embedder_id`` is a non-empty string with an
+    embedding and ``""`` without one. No text may contain a NUL character (PostgreSQL cannot store it; SQLite refuses
+    it too, so both backends accept the same records).
+    """
+    if isinstance(records, MemoryRecord | str | bytes | dict) or not hasattr(records, "__iter__"):
+        raise StoreError(f"records must be a sequence of MemoryRecord, got {type(records).__name__}")
+    records = list(records)
+    dim: tuple[int, int] | None = None  # (dimension, index of the first record with an embedding)
+    for i, r in enumerate(records):
+        if not isinstance(r, MemoryRecord):
+            raise StoreError(f"memory record {i} is a {type(r).__name__}, not a MemoryRecord")
+        if not isinstance(r.memory_id, str) or not r.memory_id.strip():
+            raise StoreError(f"memory record {i}: memory_id must be a non-empty string, got {r.memory_id!r}")
+        where = f"memory record {i} (id {r.memory_id!r})"
+        _check_no_nul(r.memory_id, f"{where}: memory_id")
+        for name in ("query", "response"):
+            _check_no_nul(check_text(getattr(r, name), f"{where}: {name}"), f"{where}: {name}")
+        _check_timestamp(r.timestamp, f"{where}: timestamp")
+        if r.session is not None and not isinstance(r.session, str):
+            raise StoreError(f"{where}: session must be a string or None, got {type(r.session).__name__}")
+        _check_no_nul(r.session, f"{where}: session")
+        if not isinstance(r.metadata, dict):
+            raise StoreError(f"{where}: metadata must be a dict, got {type(r.metadata).__name__}")
+        canonical_json(r.metadata, what=f"{where}: metadata")
+        if not isinstance(r.embedder_id, str):
+            raise StoreError(f"{where}: embedder_id must be a string, got {type(r.embedder_id).__name__}")
+        if r.embedding is None:
+            if r.embedder_id:
+                raise StoreError(
+                    f"{where}: embedder_id must be empty when there is no embedding, got {r.embedder_id!r}"
+                )
+            continue
+        d = int(_check_vector(r.embedding, f"{where}: embedding", None, allow_zero=True).shape[0])
+        if dim is None:
+            dim = (d, i)
+        elif d != dim[0]:
+            raise StoreError(
+                f"{where}: embedding has dimension {d}, but memory record {dim[1]} in the same call has dimension "
+                f"{dim[0]} (all of a user's memory embeddings share one dimension)"
+            )
+        check_text(r.embedder_id, f"{where}: embedder_id (required with an embedding)")
+        _check_no_nul(r.embedder_id, f"{where}: embedder_id")
+    return tuple(records)

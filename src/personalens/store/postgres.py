@@ -1,5 +1,5 @@
-"""The PostgreSQL persona store: the same contract and semantics as the SQLite :class:`~personalens.store.PersonaStore`,
-for a store shared by several machines or processes.
+"""The PostgreSQL persona store: the same contract and semantics as the SQLite :class:`~personalens.store.PersonaStore`
+(persona versions, build bookkeeping, episodic memories), for a store shared by several machines or processes.
 
     from personalens.store.postgres import PostgresPersonaStore
 
@@ -13,7 +13,8 @@ and user ids sort bytewise (``COLLATE "C"``), as in SQLite.
 
 Concurrency: every write is one READ COMMITTED transaction that first takes a transaction-scoped advisory lock on the
 user it writes, so writers of the same user (threads, processes, machines) queue up and each numbers its version from
-what the previous one committed; ``UNIQUE (user_id, version)`` backs this up. Reads run in a REPEATABLE READ, READ ONLY
+what the previous one committed (or sees the memories it added); ``UNIQUE (user_id, version)`` and
+``UNIQUE (user_id, memory_id)`` back this up. Reads run in a REPEATABLE READ, READ ONLY
 transaction, so a multi-statement read sees one snapshot. One store object holds one connection and serialises its
 callers with a lock; a connection lost between calls is re-opened on the next call.
 
@@ -38,6 +39,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from personalens.errors import BackendUnavailable, StoreError
 from personalens.store.models import (
     BUILD_STATUSES,
+    MemoryRecord,
     Persona,
     PersonaSet,
     PersonaSetDiff,
@@ -49,7 +51,21 @@ from personalens.store.models import (
 )
 
 # The row layout and codecs are shared with the SQLite store, so both backends read back identical objects.
-from personalens.store.sqlite import _N_SET_COLUMNS, _set_from_rows, prepare_save
+from personalens.store.sqlite import (
+    _N_SET_COLUMNS,
+    MEMORY_COLUMNS,
+    MEMORY_INSERT_COLUMNS,
+    MEMORY_ORDER,
+    MemoryRow,
+    _set_from_rows,
+    check_memory_ids,
+    check_memory_query,
+    memory_from_row,
+    plan_memory_insert,
+    prepare_memories,
+    prepare_save,
+    stored_memory_row,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -146,8 +162,38 @@ def _migrate_v1(cur: Cursor) -> None:
     cur.execute("CREATE INDEX build_status_by_user ON build_status (user_id)")
 
 
+def _migrate_v2(cur: Cursor) -> None:
+    """Episodic memory: per-user (query, response, metadata) records with an optional embedding.
+
+    Not tied to ``users``: a user may have memories before (or without) any persona set. ``id`` is the insertion
+    order (writers of one user are serialised by the user's advisory lock); ``dim`` is NULL exactly when there is no
+    embedding.
+    """
+    cur.execute(
+        """
+        CREATE TABLE memories (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            user_id TEXT COLLATE "C" NOT NULL,
+            memory_id TEXT COLLATE "C" NOT NULL,
+            query TEXT NOT NULL,
+            response TEXT NOT NULL,
+            ts DOUBLE PRECISION,
+            session TEXT,
+            metadata TEXT NOT NULL,
+            embedding BYTEA,
+            dim INTEGER CHECK (dim > 0),
+            embedder_id TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            UNIQUE (user_id, memory_id),
+            CHECK ((embedding IS NULL) = (dim IS NULL))
+        )
+        """
+    )
+    cur.execute("CREATE INDEX memories_by_time ON memories (user_id, ts, id)")
+
+
 #: Ordered: ``MIGRATIONS[i]`` upgrades a schema from version ``i`` to ``i + 1``. Only ever append to this list.
-MIGRATIONS: list[Callable[[Cursor], None]] = [_migrate_v1]
+MIGRATIONS: list[Callable[[Cursor], None]] = [_migrate_v1, _migrate_v2]
 
 
 def schema_version() -> int:
@@ -701,9 +747,11 @@ class PostgresPersonaStore:
         return saved
 
     def delete_user(self, user_id: str) -> int:
-        """Remove the user, every version, every persona and every build-status row, in one transaction.
+        """Remove the user, every version, every persona, every build-status row and every episodic memory, in one
+        transaction (a user with memories but no personas is deleted too).
 
-        Returns the number of rows removed (0 for an unknown user).
+        Returns the number of rows removed: personas + persona sets + build-status rows + the user row + memories
+        (0 for an unknown user).
         """
         with self._write(user_id) as cur:
             cur.execute(
@@ -716,13 +764,104 @@ class PostgresPersonaStore:
             assert counts is not None
             cur.execute("DELETE FROM build_status WHERE user_id = %s", (user_id,))
             n_status = cur.rowcount
+            cur.execute("DELETE FROM memories WHERE user_id = %s", (user_id,))
+            n_memories = cur.rowcount
             cur.execute("DELETE FROM users WHERE user_id = %s", (user_id,))  # cascades to the rest
             n_users = cur.rowcount
             cur.execute("SELECT COUNT(*) FROM persona_sets WHERE user_id = %s", (user_id,))
             left = cur.fetchone()
             if left is not None and left[0]:
                 raise StoreError(f"delete of user {user_id!r} left {left[0]} persona sets behind")
-        return int(counts[0] + counts[1] + n_status + n_users)
+        return int(counts[0] + counts[1] + n_status + n_users + n_memories)
+
+    # -- episodic memory
+
+    def add_memories(self, user_id: str, records: Sequence[MemoryRecord]) -> int:
+        """Add episodic memories for ``user_id`` (who needs no persona set), atomically: all or nothing.
+
+        Every record is validated before the transaction starts. A record whose ``memory_id`` the user already has
+        with identical content is skipped (so re-adding a batch is a no-op, also when several writers add it at
+        once: they queue on the user's advisory lock); the same id with different content, in the store or earlier
+        in the call, is refused, as is an embedding whose dimension differs from the user's other memory
+        embeddings. Returns how many records were newly inserted.
+        """
+        rows = prepare_memories(user_id, records)
+        if not rows:
+            return 0
+        now = time.time()
+        with self._write(user_id) as cur:
+            cur.execute(
+                f"SELECT {MEMORY_INSERT_COLUMNS} FROM memories WHERE user_id = %s AND memory_id = ANY(%s)",
+                (user_id, [r.memory_id for r in rows]),
+            )
+            stored: dict[str, MemoryRow] = {found[0]: stored_memory_row(found) for found in cur.fetchall()}
+            cur.execute("SELECT dim FROM memories WHERE user_id = %s AND dim IS NOT NULL LIMIT 1", (user_id,))
+            dim = cur.fetchone()
+            new = plan_memory_insert(user_id, rows, stored, None if dim is None else int(dim[0]))
+            if new:
+                cur.executemany(
+                    f"INSERT INTO memories (user_id, {MEMORY_INSERT_COLUMNS}, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(user_id, *row.values(), now) for row in new],
+                )
+        return len(new)
+
+    def memories(
+        self,
+        user_id: str,
+        *,
+        before: float | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[MemoryRecord]:
+        """The user's memories in time order: records without a timestamp first (in insertion order), then by
+        timestamp, ties in insertion order; ``newest_first`` returns exactly the reverse order.
+
+        ``before`` keeps only records with ``timestamp < before`` (so it drops those without a timestamp); ``limit``
+        applies after ordering (with ``newest_first``, the latest ``limit`` records). [] for an unknown user.
+        """
+        cutoff, n = check_memory_query(before, limit)
+        where = "user_id = %s"
+        params: list[Any] = [user_id]
+        if cutoff is not None:
+            where += " AND ts < %s"
+            params.append(cutoff)
+        with self._read() as cur:
+            cur.execute(
+                f"SELECT {MEMORY_COLUMNS} FROM memories WHERE {where} "
+                f"ORDER BY {MEMORY_ORDER[bool(newest_first)]} LIMIT %s",
+                (*params, n),
+            )
+            rows = cur.fetchall()
+        return [memory_from_row(r, user_id) for r in rows]
+
+    def count_memories(self, user_id: str) -> int:
+        with self._read() as cur:
+            cur.execute("SELECT COUNT(*) FROM memories WHERE user_id = %s", (user_id,))
+            row = cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def memory_users(self) -> list[str]:
+        """User ids with at least one memory, sorted bytewise (whether or not they have personas)."""
+        with self._read() as cur:
+            cur.execute("SELECT DISTINCT user_id FROM memories ORDER BY user_id")
+            return [r[0] for r in cur.fetchall()]
+
+    def delete_memories(self, user_id: str, memory_ids: Sequence[str] | None = None) -> int:
+        """Delete the user's memories with these ids (ids the user does not have are ignored), or all of them when
+        ``memory_ids`` is None. Returns how many were deleted."""
+        ids = None if memory_ids is None else check_memory_ids(memory_ids)
+        if ids is not None:
+            ids = [mid for mid in ids if "\x00" not in mid]  # could never have been stored (nor can be sent)
+            if not ids:
+                return 0
+        with self._write(user_id) as cur:
+            if ids is None:
+                cur.execute("DELETE FROM memories WHERE user_id = %s", (user_id,))
+            else:
+                cur.execute("DELETE FROM memories WHERE user_id = %s AND memory_id = ANY(%s)", (user_id, ids))
+            return int(cur.rowcount)
 
     # -- build bookkeeping
 

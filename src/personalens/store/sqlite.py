@@ -1,4 +1,5 @@
-"""The SQLite persona store: every version of every user's personas, a ``current`` pointer, and build bookkeeping.
+"""The SQLite persona store: every version of every user's personas, a ``current`` pointer, build bookkeeping, and
+each user's episodic memory (PersonaAgent's buffer of past queries and true responses).
 
 One file, WAL mode, foreign keys on, a busy timeout. Every write is one ``BEGIN IMMEDIATE`` transaction, so several
 threads (each call holds the store's lock) and several processes (each with its own :class:`PersonaStore` on the same
@@ -17,13 +18,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from personalens.errors import StoreError
 from personalens.store.models import (
     BUILD_STATUSES,
+    MemoryRecord,
     Persona,
     PersonaSet,
     PersonaSetDiff,
@@ -32,6 +34,7 @@ from personalens.store.models import (
     canonical_json,
     check_text,
     diff_sets,
+    validate_memories,
     validate_personas,
 )
 
@@ -39,6 +42,7 @@ from personalens.store.models import (
 APPLICATION_ID = 0x504C5053
 
 _VECTOR_DTYPE = np.dtype("<f4")  # stored little-endian whatever the machine
+_CHUNK = 500  # ids per ``IN (...)`` list, well under SQLite's limit on bound parameters
 
 
 # ---------------------------------------------------------------- migrations
@@ -127,8 +131,37 @@ def _migrate_v2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX build_status_by_user ON build_status (user_id)")
 
 
+def _migrate_v3(db: sqlite3.Connection) -> None:
+    """Episodic memory: per-user (query, response, metadata) records with an optional embedding.
+
+    Not tied to ``users``: a user may have memories before (or without) any persona set. ``id`` is the insertion
+    order; ``dim`` is NULL exactly when there is no embedding.
+    """
+    db.execute(
+        """
+        CREATE TABLE memories (
+            id INTEGER PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            memory_id TEXT NOT NULL,
+            query TEXT NOT NULL,
+            response TEXT NOT NULL,
+            ts REAL,
+            session TEXT,
+            metadata TEXT NOT NULL,
+            embedding BLOB,
+            dim INTEGER CHECK (dim > 0),
+            embedder_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            UNIQUE (user_id, memory_id),
+            CHECK ((embedding IS NULL) = (dim IS NULL))
+        )
+        """
+    )
+    db.execute("CREATE INDEX memories_by_time ON memories (user_id, ts, id)")
+
+
 #: Ordered: ``MIGRATIONS[i]`` upgrades a file from schema version ``i`` to ``i + 1``. Only ever append to this list.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_v1, _migrate_v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_v1, _migrate_v2, _migrate_v3]
 
 
 def schema_version() -> int:
@@ -248,6 +281,181 @@ def prepare_save(
         for pos, p in enumerate(checked)
     ]
     return config_json, dim, rows
+
+
+# ---------------------------------------------------------------- episodic memory (shared by both backends)
+
+
+class MemoryRow(NamedTuple):
+    """A memory record as stored: validated and encoded. ``position`` is its index in the ``add_memories`` call
+    (``-1`` for a row read back from the store)."""
+
+    position: int
+    memory_id: str
+    query: str
+    response: str
+    ts: float | None
+    session: str | None
+    metadata: str
+    embedding: bytes | None
+    dim: int | None
+    embedder_id: str
+
+    @property
+    def where(self) -> str:
+        return f"memory record {self.position} (id {self.memory_id!r})"
+
+    def values(self) -> tuple[Any, ...]:
+        """The column values after ``user_id``, in :data:`MEMORY_INSERT_COLUMNS` order (``created_at`` excluded)."""
+        return tuple(self)[1:]
+
+
+#: The columns ``add_memories`` inserts, after ``user_id`` and before ``created_at``.
+MEMORY_INSERT_COLUMNS = "memory_id, query, response, ts, session, metadata, embedding, dim, embedder_id"
+#: What ``memories`` reads back, one :class:`MemoryRecord` per row (see :func:`memory_from_row`).
+MEMORY_COLUMNS = f"{MEMORY_INSERT_COLUMNS}, created_at"
+#: Time order (records without a timestamp first, then by timestamp), ties in insertion order; and its reverse.
+MEMORY_ORDER = {False: "ts IS NOT NULL, ts, id", True: "ts IS NOT NULL DESC, ts DESC, id DESC"}
+
+
+def stored_memory_row(row: Sequence[Any]) -> MemoryRow:
+    """A :class:`MemoryRow` from the :data:`MEMORY_INSERT_COLUMNS` of a stored row."""
+    mid, query, response, ts, session, metadata, embedding, dim, embedder_id = row
+    return MemoryRow(
+        -1,
+        mid,
+        query,
+        response,
+        None if ts is None else float(ts),
+        session,
+        metadata,
+        None if embedding is None else bytes(embedding),
+        None if dim is None else int(dim),
+        embedder_id,
+    )
+
+
+def memory_from_row(row: Sequence[Any], user_id: str) -> MemoryRecord:
+    """A :class:`MemoryRecord` from the :data:`MEMORY_COLUMNS` of a stored row."""
+    mid, query, response, ts, session, metadata, embedding, dim, embedder_id, created_at = row
+    return MemoryRecord(
+        memory_id=mid,
+        query=query,
+        response=response,
+        timestamp=None if ts is None else float(ts),
+        session=session,
+        metadata=_loads(metadata),
+        embedding=None if embedding is None else _decode(embedding, int(dim), f"user {user_id!r} memory {mid!r}"),
+        embedder_id=embedder_id,
+        created_at=float(created_at),
+    )
+
+
+def memory_differences(a: MemoryRow, b: MemoryRow) -> list[str]:
+    """The content fields in which two rows with the same ``memory_id`` differ ([] when they are the same record)."""
+    fields = [
+        name
+        for name in ("query", "response", "ts", "session", "metadata", "embedder_id")
+        if getattr(a, name) != getattr(b, name)
+    ]
+    if (a.embedding is None) != (b.embedding is None) or (
+        a.embedding is not None
+        and b.embedding is not None
+        and not (
+            a.dim == b.dim
+            and np.array_equal(np.frombuffer(a.embedding, _VECTOR_DTYPE), np.frombuffer(b.embedding, _VECTOR_DTYPE))
+        )
+    ):
+        fields.append("embedding")
+    return ["timestamp" if f == "ts" else f for f in fields]
+
+
+def prepare_memories(user_id: Any, records: Any) -> list[MemoryRow]:
+    """Validate the arguments of ``add_memories`` (every backend refuses the same inputs with the same messages) and
+    encode the records, dropping repeats of a record within the call (the same id twice with different content is
+    refused)."""
+    check_text(user_id, "user_id")
+    if "\x00" in user_id:
+        raise StoreError("user_id contains a NUL character, which the store cannot keep")
+    first: dict[str, MemoryRow] = {}
+    rows: list[MemoryRow] = []
+    for i, r in enumerate(validate_memories(records)):
+        row = MemoryRow(
+            i,
+            r.memory_id,
+            r.query,
+            r.response,
+            None if r.timestamp is None else float(r.timestamp),
+            r.session,
+            canonical_json(r.metadata),
+            None if r.embedding is None else _encode(r.embedding),
+            None if r.embedding is None else int(r.embedding.shape[0]),
+            r.embedder_id,
+        )
+        seen = first.get(row.memory_id)
+        if seen is None:
+            first[row.memory_id] = row
+            rows.append(row)
+            continue
+        differ = memory_differences(seen, row)
+        if differ:
+            raise StoreError(
+                f"{row.where}: the same id is memory record {seen.position} of this call, with different content "
+                f"({', '.join(differ)}); nothing was written"
+            )
+    return rows
+
+
+def plan_memory_insert(
+    user_id: str, rows: Sequence[MemoryRow], stored: dict[str, MemoryRow], stored_dim: int | None
+) -> list[MemoryRow]:
+    """The rows to insert, given what the store already holds for these ids and the dimension of the user's stored
+    embeddings (called inside the write transaction). Raises :class:`StoreError` on a conflict."""
+    new: list[MemoryRow] = []
+    for row in rows:
+        old = stored.get(row.memory_id)
+        if old is not None:
+            differ = memory_differences(old, row)
+            if differ:
+                raise StoreError(
+                    f"{row.where}: user {user_id!r} already has a memory with this id and different content "
+                    f"({', '.join(differ)}); nothing was written"
+                )
+            continue
+        if row.dim is not None and stored_dim is not None and row.dim != stored_dim:
+            raise StoreError(
+                f"{row.where}: embedding has dimension {row.dim}, but the stored memory embeddings of user "
+                f"{user_id!r} have dimension {stored_dim}; nothing was written"
+            )
+        new.append(row)
+    return new
+
+
+def check_memory_ids(memory_ids: Any) -> list[str]:
+    """The distinct ids of a ``delete_memories`` call, validated."""
+    if isinstance(memory_ids, str | bytes) or not hasattr(memory_ids, "__iter__"):
+        raise StoreError(f"memory_ids must be a sequence of strings or None, got {type(memory_ids).__name__}")
+    ids = list(memory_ids)
+    for i, mid in enumerate(ids):
+        if not isinstance(mid, str):
+            raise StoreError(f"memory_ids[{i}] must be a string, got {type(mid).__name__}")
+    return list(dict.fromkeys(ids))
+
+
+def check_memory_query(before: Any, limit: Any) -> tuple[float | None, int | None]:
+    """Validate the ``before`` and ``limit`` arguments of ``memories``."""
+    if before is not None:
+        if not isinstance(before, int | float | np.integer | np.floating) or isinstance(before, bool):
+            raise StoreError(f"before must be a number of seconds since the epoch or None, got {before!r}")
+        try:
+            before = float(before)
+        except OverflowError:
+            before = float("inf") if before > 0 else float("-inf")
+        if before != before:
+            raise StoreError("before must not be NaN")
+    if limit is not None and (not isinstance(limit, int | np.integer) or isinstance(limit, bool) or limit < 0):
+        raise StoreError(f"limit must be None or a non-negative int, got {limit!r}")
+    return before, None if limit is None else int(limit)
 
 
 # ---------------------------------------------------------------- the store
@@ -609,9 +817,11 @@ class PersonaStore:
         return saved
 
     def delete_user(self, user_id: str) -> int:
-        """Remove the user, every version, every persona and every build-status row, in one transaction.
+        """Remove the user, every version, every persona, every build-status row and every episodic memory, in one
+        transaction (a user with memories but no personas is deleted too).
 
-        Returns the number of rows removed (0 for an unknown user).
+        Returns the number of rows removed: personas + persona sets + build-status rows + the user row + memories
+        (0 for an unknown user).
         """
         with self._write() as db:
             n_personas = db.execute(
@@ -620,11 +830,103 @@ class PersonaStore:
             ).fetchone()[0]
             n_sets = db.execute("SELECT COUNT(*) FROM persona_sets WHERE user_id = ?", (user_id,)).fetchone()[0]
             n_status = db.execute("DELETE FROM build_status WHERE user_id = ?", (user_id,)).rowcount
+            n_memories = db.execute("DELETE FROM memories WHERE user_id = ?", (user_id,)).rowcount
             n_users = db.execute("DELETE FROM users WHERE user_id = ?", (user_id,)).rowcount  # cascades to the rest
             left = db.execute("SELECT COUNT(*) FROM persona_sets WHERE user_id = ?", (user_id,)).fetchone()[0]
             if left:
                 raise StoreError(f"delete of user {user_id!r} left {left} persona sets behind")
-        return int(n_personas + n_sets + n_status + n_users)
+        return int(n_personas + n_sets + n_status + n_users + n_memories)
+
+    # -- episodic memory
+
+    def add_memories(self, user_id: str, records: Sequence[MemoryRecord]) -> int:
+        """Add episodic memories for ``user_id`` (who needs no persona set), atomically: all or nothing.
+
+        Every record is validated before the transaction starts. A record whose ``memory_id`` the user already has
+        with identical content is skipped (so re-adding a batch is a no-op, also when several writers add it at
+        once); the same id with different content, in the store or earlier in the call, is refused, as is an
+        embedding whose dimension differs from the user's other memory embeddings. Returns how many records were
+        newly inserted.
+        """
+        rows = prepare_memories(user_id, records)
+        if not rows:
+            return 0
+        now = time.time()
+        with self._write() as db:
+            stored: dict[str, MemoryRow] = {}
+            ids = [r.memory_id for r in rows]
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                for found in db.execute(
+                    f"SELECT {MEMORY_INSERT_COLUMNS} FROM memories WHERE user_id = ? "
+                    f"AND memory_id IN ({', '.join('?' * len(chunk))})",
+                    (user_id, *chunk),
+                ):
+                    stored[found[0]] = stored_memory_row(found)
+            dim = db.execute(
+                "SELECT dim FROM memories WHERE user_id = ? AND dim IS NOT NULL LIMIT 1", (user_id,)
+            ).fetchone()
+            new = plan_memory_insert(user_id, rows, stored, None if dim is None else int(dim[0]))
+            db.executemany(
+                f"INSERT INTO memories (user_id, {MEMORY_INSERT_COLUMNS}, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(user_id, *row.values(), now) for row in new],
+            )
+        return len(new)
+
+    def memories(
+        self,
+        user_id: str,
+        *,
+        before: float | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[MemoryRecord]:
+        """The user's memories in time order: records without a timestamp first (in insertion order), then by
+        timestamp, ties in insertion order; ``newest_first`` returns exactly the reverse order.
+
+        ``before`` keeps only records with ``timestamp < before`` (so it drops those without a timestamp); ``limit``
+        applies after ordering (with ``newest_first``, the latest ``limit`` records). [] for an unknown user.
+        """
+        cutoff, n = check_memory_query(before, limit)
+        where = "user_id = ?"
+        params: list[Any] = [user_id]
+        if cutoff is not None:
+            where += " AND ts < ?"
+            params.append(cutoff)
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {MEMORY_COLUMNS} FROM memories WHERE {where} "
+                f"ORDER BY {MEMORY_ORDER[bool(newest_first)]} LIMIT ?",
+                (*params, -1 if n is None else n),
+            ).fetchall()
+        return [memory_from_row(r, user_id) for r in rows]
+
+    def count_memories(self, user_id: str) -> int:
+        with self._read() as db:
+            return int(db.execute("SELECT COUNT(*) FROM memories WHERE user_id = ?", (user_id,)).fetchone()[0])
+
+    def memory_users(self) -> list[str]:
+        """User ids with at least one memory, sorted (whether or not they have personas)."""
+        with self._read() as db:
+            rows = db.execute("SELECT DISTINCT user_id FROM memories ORDER BY user_id").fetchall()
+        return [r[0] for r in rows]
+
+    def delete_memories(self, user_id: str, memory_ids: Sequence[str] | None = None) -> int:
+        """Delete the user's memories with these ids (ids the user does not have are ignored), or all of them when
+        ``memory_ids`` is None. Returns how many were deleted."""
+        ids = None if memory_ids is None else check_memory_ids(memory_ids)
+        with self._write() as db:
+            if ids is None:
+                return int(db.execute("DELETE FROM memories WHERE user_id = ?", (user_id,)).rowcount)
+            n = 0
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                n += db.execute(
+                    f"DELETE FROM memories WHERE user_id = ? AND memory_id IN ({', '.join('?' * len(chunk))})",
+                    (user_id, *chunk),
+                ).rowcount
+            return int(n)
 
     # -- build bookkeeping
 
