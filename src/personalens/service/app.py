@@ -15,6 +15,8 @@ from personalens.embed.base import Embedder
 from personalens.llm.base import ChatModel
 from personalens.service.config import ServiceConfig
 from personalens.service.errors import BodyLimitMiddleware, install_error_handlers
+from personalens.service.explorer import api as explorer_api
+from personalens.service.explorer import page as explorer_page
 from personalens.service.jobs import JobRunner
 from personalens.service.keys import KeyRing
 from personalens.service.models import GatedChatModel, Lazy
@@ -24,8 +26,8 @@ from personalens.service.tenants import TenantRegistry
 
 DESCRIPTION = """Ingest user behaviours, build and refine personas in background jobs, retrieve the persona that fits
 a target item (no LLM call), inspect, diff and roll back persona versions, chat with a user's agent, and delete a
-user with all their data. Every `/v1` endpoint needs an API key (`Authorization: Bearer KEY` or `X-API-Key: KEY`)
-and sees only its tenant's users."""
+user with all their data; `/explorer` is a web page over the same API. Every `/v1` endpoint needs an API key
+(`Authorization: Bearer KEY` or `X-API-Key: KEY`) and sees only its tenant's users."""
 
 
 def create_app(config: ServiceConfig, *, model: ChatModel | None = None, embedder: Embedder | None = None) -> FastAPI:
@@ -86,6 +88,8 @@ def create_app(config: ServiceConfig, *, model: ChatModel | None = None, embedde
     app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes)
     app.include_router(public)
     app.include_router(v1)
+    app.include_router(explorer_page)  # /explorer: the persona explorer page (public HTML; its data needs a key)
+    app.include_router(explorer_api)
     return app
 
 

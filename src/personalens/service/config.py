@@ -16,7 +16,8 @@ class ServiceConfig:
     ``store_url`` set to a ``postgresql://`` URL puts the persona stores in PostgreSQL instead, one schema per tenant
     (``<base>_t_<tenant>``, where ``<base>`` is the URL's ``?schema=`` or ``personalens``); behaviours and job records
     stay in the tenant's SQLite file under ``data_dir``. ``settings`` configures the LLM and embedder when the app
-    factory is not handed them (they are then built on first use).
+    factory is not handed them (they are then built on first use). ``reports_dir`` (off by default) is a folder of
+    evaluation reports the explorer serves read-only to any valid key (``/explorer``, ``/v1/reports``).
     """
 
     data_dir: Path
@@ -30,11 +31,15 @@ class ServiceConfig:
     job_queue: int = 16
     llm_concurrency: int = 1
     title: str = "PersonaLens"
+    reports_dir: Path | None = None
+    wikipedia_url: str | None = None  # a MediaWiki base URL for the chat agent's encyclopedia tool (off by default)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         if self.keys_file is not None:
             object.__setattr__(self, "keys_file", Path(self.keys_file))
+        if self.reports_dir is not None:
+            object.__setattr__(self, "reports_dir", Path(self.reports_dir))
         if self.store_url is not None:
             from personalens.store.postgres import is_postgres_url
 

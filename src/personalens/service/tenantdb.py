@@ -189,6 +189,11 @@ class TenantDB:
     def count_behaviours(self, user_id: str) -> int:
         return int(self._read("SELECT COUNT(*) FROM behaviours WHERE user_id = ?", (user_id,))[0][0])
 
+    def user_behaviour_counts(self) -> list[tuple[str, int]]:
+        """Every user with ingested behaviours and how many, sorted by user id."""
+        rows = self._read("SELECT user_id, COUNT(*) FROM behaviours GROUP BY user_id ORDER BY user_id")
+        return [(str(u), int(n)) for u, n in rows]
+
     # -- jobs
 
     def create_job(self, job_id: str, kind: str, options: dict[str, Any], user_ids: Sequence[str]) -> None:
