@@ -36,6 +36,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 eval_app = typer.Typer(help="Evaluate persona methods on held-out behaviour.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+agent_app = typer.Typer(help="PersonaAgent: episodic memories, chat, test-time alignment.", no_args_is_help=True)
+app.add_typer(agent_app, name="agent")
 
 out = Console()
 err = Console(stderr=True)
@@ -337,9 +339,17 @@ def serve(
     workers: Annotated[int, typer.Option(help="Background job worker threads.")] = 1,
     llm_concurrency: Annotated[int, typer.Option(help="LLM calls in flight at once (jobs and chat together).")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    reports_dir: Annotated[
+        Path | None,
+        typer.Option(help="Evaluation reports (folders with results.md / report.md) for the explorer, read-only."),
+    ] = None,
+    wikipedia_url: Annotated[
+        str | None, typer.Option(help="MediaWiki base URL for the chat agent's encyclopedia tool (off by default).")
+    ] = None,
 ) -> None:
     """Run the HTTP service (needs the service extra: pip install 'personalens[service]'). Add a key first with
-    `personalens service add-key TENANT`; OpenAPI at /openapi.json, a local docs page at /docs."""
+    `personalens service add-key TENANT`; OpenAPI at /openapi.json, a local docs page at /docs, the persona explorer
+    at /explorer."""
     try:
         import uvicorn
 
@@ -355,6 +365,8 @@ def serve(
         max_behaviours=max_behaviours,
         job_workers=workers,
         llm_concurrency=llm_concurrency,
+        reports_dir=reports_dir,
+        wikipedia_url=wikipedia_url,
     )
     if not config.keys_path.exists():
         err.print(f"[yellow]no keys file at {config.keys_path}:[/] add one with `personalens service add-key TENANT`")
@@ -923,6 +935,73 @@ def data_stats(
     _emit(dataset_stats(path, fmt, name=name))
 
 
+@data_app.command("lamp-like")
+def data_lamp_like(
+    kind: Annotated[str, typer.Argument(help="amazon-ratings (LaMP-3-like) | hetrec-tags (LaMP-2M-like)")],
+    source: Annotated[Path, typer.Argument(help="The source data directory.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Writes questions.json, outputs.json and stats.json here.")],
+    max_users: Annotated[
+        int | None, typer.Option("--max-users", help="Keep at most N users (longest profiles, or --seed sample).")
+    ] = None,
+    min_profile: Annotated[
+        int | None, typer.Option("--min-profile", help="Profile entries a user needs (default 4 / 10).")
+    ] = None,
+    test_per_user: Annotated[int, typer.Option("--test-per-user", help="Queries per user: the user's last N.")] = 1,
+    labels: Annotated[
+        str, typer.Option("--labels", help="hetrec-tags: lamp15 (LaMP-2M's 15 tags) or frequent (the user's own).")
+    ] = "lamp15",
+    top_n: Annotated[int | None, typer.Option("--top-n", help="With --labels frequent: tags per user.")] = None,
+    unit: Annotated[
+        str | None, typer.Option("--unit", help="amazon-ratings: user (merge a user's records) or record.")
+    ] = None,
+    descriptions: Annotated[
+        Path | None, typer.Option("--descriptions", help="hetrec-tags: YuLan-Rec item.csv (needs --ml1m-movies).")
+    ] = None,
+    ml1m_movies: Annotated[
+        Path | None, typer.Option("--ml1m-movies", help="hetrec-tags: MovieLens-1M movies.dat (titles, row order).")
+    ] = None,
+    movielens_movies: Annotated[
+        list[Path] | None, typer.Option("--movielens-movies", help="hetrec-tags: more MovieLens movie lists.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sample --max-users users at random.")] = None,
+) -> None:
+    """Build a LaMP-like task from real data in the official LaMP JSON format and print its statistics."""
+    from personalens.data.lamp_builders import BUILDERS, build_lamp_like
+
+    if kind not in BUILDERS:
+        raise typer.BadParameter(f"choose one of {', '.join(BUILDERS)}", param_hint="KIND")
+    common: dict[str, Any] = {"max_users": max_users, "min_profile": min_profile, "test_per_user": test_per_user}
+    hetrec_only = {
+        "--labels": labels if labels != "lamp15" else None,
+        "--top-n": top_n,
+        "--descriptions": descriptions,
+        "--ml1m-movies": ml1m_movies,
+        "--movielens-movies": movielens_movies or None,
+    }
+    if kind == "amazon-ratings":
+        given = [name for name, value in hetrec_only.items() if value is not None]
+        if given:
+            raise typer.BadParameter(f"options for hetrec-tags only: {', '.join(given)}")
+        options = {**common, "unit": unit}
+    else:
+        if unit is not None:
+            raise typer.BadParameter("--unit only applies to amazon-ratings")
+        options = {
+            **common,
+            "labels": labels,
+            "top_n": top_n,
+            "descriptions": descriptions,
+            "ml1m_movies": ml1m_movies,
+            "movielens_movies": movielens_movies or None,
+        }
+    try:
+        built = build_lamp_like(kind, source, seed=seed, **options)
+        paths = built.write(out_dir)
+    except ValueError as exc:  # contradictory options, or nothing left to write
+        raise typer.BadParameter(str(exc)) from None
+    _emit({**built.stats, "written": {name: str(path) for name, path in paths.items()}})
+
+
 @app.command()
 def train(
     config_file: Annotated[Path, typer.Argument(help="Training TOML (personalens.training.pipeline).")],
@@ -1135,6 +1214,203 @@ def eval_dynamic(
             f"{summary.usage.describe()}; {info['seconds']} s"
         )
     out.print(f"report: {paths['markdown']}")
+
+
+@eval_app.command("lamp")
+def eval_lamp(
+    config_file: Annotated[Path, typer.Argument(help="LaMP evaluation TOML (personalens.evaluation.lamp).")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output directory (default: eval-runs/<config file stem>).")
+    ] = None,
+    report_only: Annotated[bool, typer.Option(help="Only rebuild report.md/summary.json from rows.jsonl.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many new rows (the run resumes later).")] = None,
+) -> None:
+    """PersonaAgent, its baselines and ablations (and the scaling study) on a LaMP task in the official JSON format.
+    Resumable: rerun the same command to continue."""
+    from personalens.evaluation.lamp import LampEvaluation, load_lamp_config, write_lamp_report
+    from personalens.factory import build_chat_model, build_embedder
+
+    config = load_lamp_config(config_file)
+    target = out_dir or Path("eval-runs") / config_file.stem
+    info: dict[str, Any] = {}
+    _require_rows(target, report_only)
+    if not report_only:
+        model = build_chat_model(state.settings)
+        embedder = build_embedder(state.settings)
+        with _progress() as progress:
+            bar = progress.add_task("answering", total=None)
+
+            def on_event(kind: str, payload: dict[str, Any]) -> None:
+                if kind == "start":
+                    progress.update(bar, total=payload["total"])
+                else:
+                    progress.update(bar, advance=1, description=f"{payload['method']} {payload['example']}")
+
+            run = LampEvaluation(config, target, model=model, embedder=embedder, on_event=on_event, limit=limit)
+            summary = run.run()
+        model.close()
+        for key, error in summary.failures.items():
+            err.print(f"[red]{key}:[/] {error}")
+        info = {
+            "rows_written": summary.rows_written,
+            "rows_already_done": summary.rows_skipped,
+            "examples": summary.examples,
+            "failed": len(summary.failures),
+            "usage": summary.usage.to_dict(),
+            "seconds": round(summary.seconds, 1),
+        }
+    paths = write_lamp_report(target)
+    result: dict[str, Any] = {"out": str(target), **{k: str(v) for k, v in paths.items()}}
+    if info:
+        result["run"] = info
+    if state.json:
+        _emit(result)
+        return
+    if info:
+        out.print(
+            f"{info['rows_written']} rows written, {info['rows_already_done']} already done, {info['failed']} failed; "
+            f"{summary.usage.describe()}; {info['seconds']} s"
+        )
+    out.print(f"report: {paths['markdown']}")
+
+
+def _agent(user: str, store: PersonaStoreProtocol, wikipedia_url: str | None, *, use_wikipedia: bool = True) -> Any:
+    from personalens.agent.agent import AgentConfig, PersonaAgent
+    from personalens.agent.loop import LoopConfig
+    from personalens.factory import build_chat_model, build_embedder
+
+    wiki = None
+    if wikipedia_url and use_wikipedia:
+        from personalens.agent.wikipedia import WikipediaClient
+
+        wiki = WikipediaClient(wikipedia_url)
+    has_memories = store.count_memories(user) > 0
+    config = AgentConfig(use_memory=has_memories, loop=LoopConfig(answer_scoring="text", step_max_tokens=192))
+    return PersonaAgent(
+        build_chat_model(state.settings), build_embedder(state.settings), store, user, config=config, wikipedia=wiki
+    )
+
+
+@agent_app.command("remember")
+def agent_remember(
+    user: Annotated[str, typer.Argument(help="User id.")],
+    file: Annotated[Path, typer.Argument(help="JSON lines: id, query, response, optional timestamp/session/metadata.")],
+    store: Annotated[str | None, typer.Option(help="Persona store (SQLite path or postgresql:// URL).")] = None,
+) -> None:
+    """Add episodic memories (embedded, idempotent by id). Bad lines are reported with their line and field."""
+    from personalens.agent.memory import EpisodicMemory
+    from personalens.errors import DataError
+    from personalens.factory import build_embedder
+    from personalens.store.models import MemoryRecord
+
+    records = []
+    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"not JSON: {exc}", path=file, line=n) from None
+        if not isinstance(raw, dict):
+            raise DataError("each line must be a JSON object", path=file, line=n)
+        for key in ("id", "query", "response"):
+            if not isinstance(raw.get(key), str) or not raw[key].strip():
+                raise DataError("missing or empty text", path=file, line=n, field=key)
+        ts = raw.get("timestamp")
+        if ts is not None and not isinstance(ts, int | float):
+            raise DataError("must be seconds since the epoch", path=file, line=n, field="timestamp")
+        records.append(
+            MemoryRecord(raw["id"], raw["query"], raw["response"], ts, raw.get("session"), raw.get("metadata") or {})
+        )
+    with _store(store) as st:
+        added = EpisodicMemory(st, build_embedder(state.settings), user).add(records)
+        total = st.count_memories(user)
+    if state.json:
+        _emit({"user": user, "added": added, "total": total})
+    else:
+        out.print(f"{added} new memories for {user} ({total} in all)")
+
+
+@agent_app.command("chat")
+def agent_chat(
+    user: Annotated[str, typer.Argument(help="User id.")],
+    message: Annotated[
+        str | None, typer.Option("--message", "-m", help="Ask once instead of an interactive session.")
+    ] = None,
+    store: Annotated[str | None, typer.Option(help="Persona store (SQLite path or postgresql:// URL).")] = None,
+    wikipedia_url: Annotated[
+        str | None, typer.Option(help="MediaWiki base URL for the encyclopedia tool (e.g. https://en.wikipedia.org).")
+    ] = None,
+    init: Annotated[bool, typer.Option(help="Write the persona from semantic memory first if there is none.")] = False,
+) -> None:
+    """Chat with USER's agent; shows the retrieved memories and every tool call. Empty line or Ctrl-D ends."""
+    with _store(store) as st:
+        agent = _agent(user, st, wikipedia_url)
+        persona = agent.persona()
+        if persona is None and init:
+            persona = agent.initialise()
+        if persona is None and not state.json:
+            err.print("[yellow]no agent persona yet for this user (use --init to write one from memory)[/]")
+        while True:
+            text = message
+            if text is None:
+                try:
+                    text = input("you> ").strip()
+                except EOFError:
+                    break
+                if not text:
+                    break
+            answer = agent.answer(text)
+            if state.json:
+                _emit({"user": user, "persona_version": persona.version if persona else None, **answer.to_dict()})
+            else:
+                for step in answer.steps:
+                    if step.tool:
+                        out.print(f"[cyan]{step.kind}[/] {step.tool}({step.input!r})")
+                        out.print(f"[dim]{(step.observation or '').strip()}[/]")
+                    elif step.kind == "invalid":
+                        out.print(f"[yellow]unreadable step:[/] {step.observation}")
+                out.print(f"[bold]agent>[/] {answer.answer}")
+                out.print(f"[dim]{answer.usage.describe()}[/]")
+            if message is not None:
+                break
+
+
+@agent_app.command("align")
+def agent_align(
+    user: Annotated[str, typer.Argument(help="User id.")],
+    n: Annotated[int, typer.Option("--n", help="Latest interactions per alignment batch.")] = 3,
+    iterations: Annotated[int, typer.Option(help="Alignment iterations E.")] = 1,
+    store: Annotated[str | None, typer.Option(help="Persona store (SQLite path or postgresql:// URL).")] = None,
+) -> None:
+    """Test-time alignment of USER's persona on their latest n memories (each step stored as a version)."""
+    from dataclasses import replace
+
+    from personalens.agent.alignment import AlignmentConfig, AlignmentExample
+
+    with _store(store) as st:
+        agent = _agent(user, st, None)
+        agent.config = replace(agent.config, alignment=AlignmentConfig(batch_size=n, iterations=iterations))
+        latest = agent.memory.latest(n)
+        if not latest:
+            raise PersonaLensError(f"user {user!r} has no memories to align on")
+        batch = [AlignmentExample(r.memory_id, r.query, r.response, r.timestamp, r.query) for r in latest]
+        result = agent.align(batch)
+        current = agent.persona()
+    payload = {
+        "user": user,
+        "version": current.version if current else None,
+        "steps": [s.to_dict() for s in result.steps],
+        "usage": result.usage.to_dict(),
+        "persona": result.persona,
+    }
+    if state.json:
+        _emit(payload)
+        return
+    for step in result.steps:
+        out.print(f"iteration {step.iteration}: {'changed' if step.changed else 'unchanged'} {step.error or ''}")
+    out.print(result.persona)
+    out.print(f"[dim]{result.usage.describe()}[/]")
 
 
 def _require_rows(target: Path, report_only: bool) -> None:

@@ -37,6 +37,7 @@ def build_backend(settings: Settings) -> ChatModel:
             timeout=llm.timeout,
             retry=RetryPolicy(max_attempts=llm.max_retries + 1),
             max_concurrency=llm.max_concurrency,
+            native_tools=llm.native_tools,
         )
     from personalens.llm.embedded import LlamaCppModel
 

@@ -44,6 +44,7 @@ class LLMSettings:
     timeout: float = 120.0
     max_retries: int = 4
     max_concurrency: int = 4
+    native_tools: bool = False  # the OpenAI-compatible server handles `tools`/`tool_calls` (the agent uses them)
     response_cache: bool = True
     max_tokens_total: int | None = None
     max_calls: int | None = None

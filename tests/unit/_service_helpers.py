@@ -19,7 +19,11 @@ THEMES = {
 
 def responder(request: Any) -> str:
     first = request.messages[0]
-    if first.role == "system" and "personal agent" in first.content:
+    if first.role == "system" and "personal assistant of one specific user" in first.content:
+        if "Action:" in first.content:  # the agent with tools: search memory once, then answer
+            if any(m.role == "user" and m.content.startswith("Observation:") for m in request.messages):
+                return "Final Answer: As your agent, I suggest a space opera."
+            return "Thought: what did they like?\nAction: memory_search: space opera"
         return f"As your agent: {request.messages[-1].content[:40]}"
     prompt = request.messages[-1].content
     liked = [line for line in prompt.splitlines() if line.startswith("- ") and "genres:" in line]

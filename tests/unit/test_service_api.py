@@ -71,9 +71,15 @@ ROUTES = [
     ("GET", "/v1/users/alice/diff?a=1&b=1", None),
     ("POST", "/v1/users/alice/rollback", {"version": 1}),
     ("POST", "/v1/users/alice/chat", {"message": "hello"}),
+    ("GET", "/v1/users/alice/memories", None),
     ("POST", "/v1/jobs", {"kind": "build", "users": ["alice"]}),
     ("POST", "/v1/jobs", {"kind": "refine", "users": ["alice"]}),
     ("GET", "/v1/jobs/{job}", None),
+    # the persona explorer's endpoints (personalens.service.explorer)
+    ("GET", "/v1/users/alice/map", None),
+    ("GET", "/v1/users/alice/map?version=1&item=space+opera", None),
+    ("GET", "/v1/users/alice/timeline", None),
+    ("GET", "/v1/users/alice/diff/words?a=1&b=1", None),
     ("DELETE", "/v1/users/alice", None),
 ]
 
@@ -106,6 +112,12 @@ def test_ingestion_is_per_tenant(built):
     assert r.json() == {"user": "alice", "added": 2, "duplicates": 0, "total": 2}
     r = client.post("/v1/users/alice/behaviours", json={"behaviours": behaviours("z")[:1]}, headers=auth(keys["acme"]))
     assert r.json()["total"] == 16  # acme's alice: her own 15 + 1, nothing from beta
+
+
+def test_user_list_is_per_tenant(built):
+    client, keys, _ = built
+    assert [u["user"] for u in client.get("/v1/users", headers=auth(keys["acme"])).json()["users"]] == ["alice"]
+    assert client.get("/v1/users", headers=auth(keys["beta"])).json() == {"total": 0, "users": []}
 
 
 def test_job_list_is_per_tenant(built):
@@ -296,7 +308,39 @@ def test_chat_answers_with_the_persona_as_system_prompt(built):
     assert out["usage"]["calls"] == 1 and out["model"] == "scripted"
     model = client.app.state.service.model.get().inner
     system_prompt = model.calls[-1].messages[0].content
-    assert "space" in system_prompt and "personal agent" in system_prompt
+    assert "space" in system_prompt and "personal assistant of one specific user" in system_prompt
+    assert out["steps"][-1]["kind"] == "answer" and out["memories"] == []
+
+
+def test_memories_feed_the_chat_agent_and_are_deleted_with_the_user(built):
+    client, keys, _ = built
+    h = auth(keys["acme"])
+    memories = [
+        {"id": "m1", "query": "Tag: a space opera with rebels", "response": "sci-fi", "timestamp": 100.0},
+        {"id": "m2", "query": "Tag: a wedding in Paris", "response": "romance", "session": "s1"},
+    ]
+    r = client.post("/v1/users/alice/memories", json={"memories": memories}, headers=h)
+    assert r.status_code == 200 and r.json() == {"user": "alice", "added": 2, "total": 2}
+    assert client.post("/v1/users/alice/memories", json={"memories": memories}, headers=h).json()["added"] == 0
+    changed = [{**memories[0], "response": "comedy"}]
+    r = client.post("/v1/users/alice/memories", json={"memories": changed}, headers=h)
+    assert r.status_code == 422 and "different content" in r.text
+    assert client.post("/v1/users/alice/memories", json={"memories": []}, headers=h).status_code == 422
+    listed = client.get("/v1/users/alice/memories?limit=1", headers=h).json()
+    assert listed["total"] == 2 and len(listed["memories"]) == 1
+    r = client.post("/v1/users/alice/chat", json={"message": "Recommend a space opera"}, headers=h)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["answer"] == "As your agent, I suggest a space opera."
+    assert [s["kind"] for s in out["steps"]] == ["action", "final"]
+    assert out["steps"][0]["tool"] == "memory_search" and out["memories"][0] == "m1"
+    # a user with memories but no persona can chat too, and is deleted with everything
+    client.post("/v1/users/carol/memories", json={"memories": memories}, headers=h)
+    assert client.post("/v1/users/carol/chat", json={"message": "hi"}, headers=h).status_code == 200
+    deleted = client.delete("/v1/users/carol", headers=h)
+    assert deleted.status_code == 200 and deleted.json()["deleted"]["persona_rows"] >= 2
+    assert client.get("/v1/users/carol/memories", headers=h).status_code == 404
+    assert client.post("/v1/users/carol/chat", json={"message": "hi"}, headers=h).status_code == 404
 
 
 def test_delete_removes_everything(built):

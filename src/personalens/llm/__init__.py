@@ -7,9 +7,11 @@ from personalens.llm.base import (
     ChatResult,
     Message,
     TokenLogprobs,
+    ToolCall,
     Usage,
     assistant,
     system,
+    tool_message,
     user,
 )
 from personalens.llm.cache import CachedChatModel, ResponseCache
@@ -30,6 +32,7 @@ __all__ = [
     "ResponseCache",
     "ScriptedChatModel",
     "TokenLogprobs",
+    "ToolCall",
     "Usage",
     "UsageMeter",
     "assistant",
@@ -39,6 +42,7 @@ __all__ = [
     "score_choices",
     "score_rating",
     "system",
+    "tool_message",
     "user",
     "validate",
 ]

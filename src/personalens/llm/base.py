@@ -17,9 +17,43 @@ from personalens.errors import LLMError, LLMOutputError
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A native tool call the model asked for: the server's call id, the function name and its raw JSON arguments."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def to_openai(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
-    role: str  # "system" | "user" | "assistant"
+    """One chat message. ``tool_calls`` (on an assistant message) and ``tool_call_id`` (on a ``tool`` message) carry
+    native tool calling; plain conversations leave them empty."""
+
+    role: str  # "system" | "user" | "assistant" | "tool"
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+    def canonical(self) -> list[Any]:
+        if not self.tool_calls and self.tool_call_id is None:
+            return [self.role, self.content]  # the keys of plain requests stay what they were before tools existed
+        return [
+            self.role,
+            self.content,
+            {"tool_calls": [[c.id, c.name, c.arguments] for c in self.tool_calls], "tool_call_id": self.tool_call_id},
+        ]
+
+    def to_openai(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            d["tool_calls"] = [c.to_openai() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            d["tool_call_id"] = self.tool_call_id
+        return d
 
 
 def user(content: str) -> Message:
@@ -30,8 +64,13 @@ def system(content: str) -> Message:
     return Message("system", content)
 
 
-def assistant(content: str) -> Message:
-    return Message("assistant", content)
+def assistant(content: str, tool_calls: Sequence[ToolCall] = ()) -> Message:
+    return Message("assistant", content, tuple(tool_calls))
+
+
+def tool_message(call_id: str, content: str) -> Message:
+    """The result of one native tool call, answered back to the model."""
+    return Message("tool", content, (), call_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +83,8 @@ class ChatRequest:
     ``sample`` distinguishes otherwise identical requests in the response cache: bump it to force a fresh sample.
     ``cache_prompt`` lets a llama.cpp backend reuse the KV cache of a shared prompt prefix.
     ``repetition_penalty`` (> 1 discourages repeats; DeePer samples with 1.1) is passed to servers that know it.
+    ``tools`` are OpenAI function specs (``{"type": "function", "function": {"name", "description", "parameters"}}``)
+    for backends with native tool calling; the answer's :attr:`ChatResult.tool_calls` holds what the model called.
     """
 
     messages: tuple[Message, ...]
@@ -58,6 +99,7 @@ class ChatRequest:
     sample: int = 0
     cache_prompt: bool = True
     repetition_penalty: float | None = None
+    tools: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.messages:
@@ -83,8 +125,12 @@ class ChatRequest:
     def canonical(self) -> dict[str, Any]:
         """A JSON-ready dict of every field that can change the answer (the cache key is its hash)."""
         d = asdict(self)
-        d["messages"] = [[m.role, m.content] for m in self.messages]
+        d["messages"] = [m.canonical() for m in self.messages]
         d["stop"] = list(self.stop)
+        if self.tools:
+            d["tools"] = [dict(t) for t in self.tools]
+        else:
+            d.pop("tools")  # keeps the keys of requests made before tools existed
         d.pop("cache_prompt")  # a speed setting: the same answer either way
         if d["repetition_penalty"] is None:
             d.pop("repetition_penalty")  # keeps the keys of requests made before the field existed
@@ -96,7 +142,7 @@ class ChatRequest:
 
     def to_openai(self, model: str | None) -> dict[str, Any]:
         """The body of an OpenAI ``/chat/completions`` request."""
-        messages = [{"role": m.role, "content": m.content} for m in self.messages]
+        messages = [m.to_openai() for m in self.messages]
         if self.prefill:
             messages.append({"role": "assistant", "content": self.prefill})
         body: dict[str, Any] = {
@@ -125,6 +171,8 @@ class ChatRequest:
         if self.top_logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = self.top_logprobs
+        if self.tools:
+            body["tools"] = [dict(t) for t in self.tools]
         return body
 
 
@@ -194,6 +242,7 @@ class ChatResult:
     model: str = ""
     from_cache: bool = False
     timings: Mapping[str, float] | None = None  # server-side speed figures when the server reports them (llama.cpp)
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -204,6 +253,7 @@ class ChatResult:
             if self.logprobs is None
             else [{"token": t.token, "logprob": t.logprob, "top": dict(t.top)} for t in self.logprobs],
             "model": self.model,
+            **({"tool_calls": [[c.id, c.name, c.arguments] for c in self.tool_calls]} if self.tool_calls else {}),
         }
 
     @classmethod
@@ -215,6 +265,7 @@ class ChatResult:
             finish_reason=data.get("finish_reason", "stop"),
             logprobs=None if lps is None else [TokenLogprobs(t["token"], t["logprob"], dict(t["top"])) for t in lps],
             model=data.get("model", ""),
+            tool_calls=tuple(ToolCall(str(i), str(n), str(a)) for i, n, a in data.get("tool_calls") or ()),
         )
 
 
@@ -266,6 +317,7 @@ def parse_openai_chat_response(data: Mapping[str, Any], *, seconds: float) -> Ch
             for entry in lp["content"]
         ]
     timings = data.get("timings")
+    tool_calls = _tool_calls(message.get("tool_calls"), data)
     return ChatResult(
         text=text or "",
         usage=usage,
@@ -275,4 +327,37 @@ def parse_openai_chat_response(data: Mapping[str, Any], *, seconds: float) -> Ch
         timings={k: float(v) for k, v in timings.items() if isinstance(v, (int, float))}
         if isinstance(timings, Mapping)
         else None,
+        tool_calls=tool_calls,
     )
+
+
+def _tool_calls(raw: Any, data: Mapping[str, Any]) -> tuple[ToolCall, ...]:
+    """The native tool calls of an OpenAI-style message; arguments stay the raw JSON string (the caller parses it)."""
+    if not raw:
+        return ()
+    if not isinstance(raw, list):
+        raise LLMOutputError(f"tool_calls is not a list: {json.dumps(data)[:300]}", raw=[json.dumps(data)])
+    calls = []
+    for i, call in enumerate(raw):
+        fn = call.get("function") if isinstance(call, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+            raise LLMOutputError(
+                f"tool call {i} has no function name: {json.dumps(call)[:300]}", raw=[json.dumps(data)]
+            )
+        args = fn.get("arguments", "")
+        if not isinstance(args, str):  # some servers send an object instead of its JSON text
+            args = json.dumps(args, ensure_ascii=False)
+        calls.append(ToolCall(str(call.get("id") or f"call_{i}"), fn["name"], args))
+    return tuple(calls)
+
+
+def supports_native_tools(model: object) -> bool:
+    """Whether ``model`` (or the backend a cache/meter wraps) takes OpenAI ``tools`` and answers ``tool_calls``."""
+    seen = 0
+    while model is not None and seen < 8:
+        flag = getattr(model, "supports_tools", None)
+        if flag is not None:
+            return bool(flag)
+        model = getattr(model, "inner", None)
+        seen += 1
+    return False

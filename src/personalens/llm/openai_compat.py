@@ -111,6 +111,9 @@ class OpenAICompatibleModel:
 
     ``extra_body`` is merged into every request for server-specific switches, e.g. for vLLM prefills:
     ``{"continue_final_message": True, "add_generation_prompt": False}``.
+    ``native_tools`` says the server understands OpenAI ``tools``/``tool_calls`` (vLLM with a tool parser, Ollama,
+    llama.cpp's server with ``--jinja``, hosted APIs); the agent then calls tools natively instead of through its
+    text protocol.
     """
 
     def __init__(
@@ -126,8 +129,10 @@ class OpenAICompatibleModel:
         extra_body: Mapping[str, Any] | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        native_tools: bool = False,
     ) -> None:
         self.model = model
+        self.supports_tools = native_tools
         self.extra_body = dict(extra_body or {})
         self.http = HTTPClient(
             base_url,

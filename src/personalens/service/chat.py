@@ -1,23 +1,22 @@
-"""Chat with a user's agent. Until the PersonaAgent exists this is one LLM call whose system prompt is the user's
-persona; :func:`agent_reply` is the single seam the agent will replace (same inputs, same :class:`AgentReply`)."""
+"""Chat with a user's agent: :class:`~personalens.agent.agent.PersonaAgent` with the user's persona as system
+prompt, their episodic memory as a tool (when they have memories) and the encyclopedia lookup when the service has
+one configured. The persona is the agent's own latest version when alignment or initialisation wrote one, else the
+PersonaX persona whose cluster fits the message best (retrieval, no LLM call)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from personalens.agent.agent import AgentConfig, PersonaAgent
+from personalens.agent.loop import LoopConfig
+from personalens.agent.tools import WikiLookup
 from personalens.embed.base import Embedder
-from personalens.llm.base import ChatModel, ChatRequest, Usage, system, user
-from personalens.llm.usage import UsageMeter
+from personalens.llm.base import ChatModel, Usage
 from personalens.store import Persona, PersonaSet
-
-AGENT_SYSTEM_PROMPT = (
-    "You are the personal agent of one user. This is what is known about the user's tastes:\n\n"
-    "{persona}\n\n"
-    "Answer the user's message as their agent: helpful, concise, and consistent with these tastes. Do not invent "
-    "facts about the user beyond the description."
-)
+from personalens.store.base import PersonaStoreProtocol
 
 
 @dataclass(frozen=True)
@@ -27,6 +26,8 @@ class AgentReply:
     cluster: int
     model: str
     usage: Usage
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    memories: list[str] = field(default_factory=list)
 
 
 def pick_persona(persona_set: PersonaSet, message: str, embedder: Embedder) -> Persona:
@@ -44,19 +45,43 @@ def pick_persona(persona_set: PersonaSet, message: str, embedder: Embedder) -> P
 def agent_reply(
     model: ChatModel,
     embedder: Embedder,
-    persona_set: PersonaSet,
+    store: PersonaStoreProtocol,
+    user_id: str,
+    persona_set: PersonaSet | None,
     message: str,
     *,
     max_tokens: int = 256,
     temperature: float = 0.0,
+    wikipedia: WikiLookup | None = None,
+    max_steps: int = 4,
 ) -> AgentReply:
-    """Answer ``message`` as the user's agent, conditioned on the persona that fits the message best."""
-    persona = pick_persona(persona_set, message, embedder)
-    meter = UsageMeter(model)
-    request = ChatRequest.of(
-        [system(AGENT_SYSTEM_PROMPT.format(persona=persona.text)), user(message)],
-        max_tokens=max_tokens,
+    """Answer ``message`` as ``user_id``'s agent; the reply carries the traced steps and the memories it read."""
+    has_memories = store.count_memories(user_id) > 0
+    loop = LoopConfig(
+        max_steps=max_steps,
+        step_max_tokens=min(max_tokens, 256),
+        answer_max_tokens=max_tokens,
         temperature=temperature,
+        answer_scoring="text",
     )
-    result = meter.chat(request)
-    return AgentReply(result.text.strip(), persona_set.version, persona.cluster, model.model_id, meter.total)
+    config = AgentConfig(use_memory=has_memories, use_wikipedia=wikipedia is not None, loop=loop)
+    agent = PersonaAgent(model, embedder, store, user_id, config=config, wikipedia=wikipedia)
+    own = agent.persona()
+    if own is not None:
+        profile: str | None = own.profile
+        version, cluster = own.version, 0
+    elif persona_set is not None:
+        picked = pick_persona(persona_set, message, embedder)
+        profile, version, cluster = picked.text, persona_set.version, picked.cluster
+    else:
+        profile, version, cluster = None, 0, 0
+    answer = agent.answer(message, profile=profile)
+    return AgentReply(
+        answer.answer.strip(),
+        version,
+        cluster,
+        model.model_id,
+        answer.usage,
+        [s.to_dict() for s in answer.steps],
+        [h.record.memory_id for h in answer.memory_hits],
+    )

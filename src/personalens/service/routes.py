@@ -355,17 +355,31 @@ def rollback(user: UserPath, body: s.RollbackIn, tenant: TenantDep) -> s.Rollbac
 # ---------------------------------------------------------------- chat
 
 
-@v1.post("/users/{user}/chat", tags=["agent"], summary="Chat with the user's agent (the persona as system prompt)")
+@v1.post(
+    "/users/{user}/chat",
+    tags=["agent"],
+    summary="Chat with the user's agent (persona as system prompt, memory search and tools; the steps are returned)",
+)
 def chat(user: UserPath, body: s.ChatIn, tenant: TenantDep, state: State) -> s.ChatOut:
-    persona_set = _current(tenant, user)
+    persona_set = tenant.store.current(user)
+    if persona_set is None and tenant.store.count_memories(user) == 0:
+        raise not_found()
+    wiki = None
+    if state.config.wikipedia_url:
+        from personalens.agent.wikipedia import WikipediaClient
+
+        wiki = WikipediaClient(state.config.wikipedia_url)
     try:
         reply = agent_reply(
             state.model.get(),
             state.embedder.get(),
+            tenant.store,
+            user,
             persona_set,
             body.message,
             max_tokens=body.max_tokens,
             temperature=body.temperature,
+            wikipedia=wiki,
         )
     except PersonaLensError as exc:
         log.warning("chat for a user of tenant %s failed: %s", tenant.name, exc)
@@ -377,6 +391,48 @@ def chat(user: UserPath, body: s.ChatIn, tenant: TenantDep, state: State) -> s.C
         cluster=reply.cluster,
         model=reply.model,
         usage=reply.usage.to_dict(),
+        steps=reply.steps,
+        memories=reply.memories,
+    )
+
+
+@v1.post("/users/{user}/memories", tags=["agent"], summary="Add episodic memories (idempotent by id)")
+def add_memories(user: UserPath, body: s.MemoriesIn, tenant: TenantDep, state: State) -> s.MemoriesOut:
+    from personalens.agent.memory import EpisodicMemory
+    from personalens.store.models import MemoryRecord
+
+    records = [
+        MemoryRecord(m.id, m.query, m.response, m.timestamp, m.session, dict(m.metadata or {})) for m in body.memories
+    ]
+    try:
+        added = EpisodicMemory(tenant.store, state.embedder.get(), user).add(records)
+    except StoreError as exc:
+        raise ApiError(422, "invalid_memories", str(exc)) from None
+    return s.MemoriesOut(user=user, added=added, total=tenant.store.count_memories(user))
+
+
+@v1.get("/users/{user}/memories", tags=["agent"], summary="The user's episodic memories, newest first")
+def list_memories(
+    user: UserPath, tenant: TenantDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> s.MemoryListOut:
+    total = tenant.store.count_memories(user)
+    if total == 0 and not tenant.store.versions(user):
+        raise not_found()
+    records = tenant.store.memories(user, limit=limit, newest_first=True)
+    return s.MemoryListOut(
+        user=user,
+        total=total,
+        memories=[
+            s.MemoryIn(
+                id=r.memory_id,
+                query=r.query,
+                response=r.response,
+                timestamp=r.timestamp,
+                session=r.session,
+                metadata=r.metadata or None,
+            )
+            for r in records
+        ],
     )
 
 
@@ -390,7 +446,7 @@ def chat(user: UserPath, body: s.ChatIn, tenant: TenantDep, state: State) -> s.C
     responses={409: {"model": s.ErrorOut, "description": "A running job is writing this tenant's personas."}},
 )
 def delete_user(user: UserPath, tenant: TenantDep) -> s.DeleteOut:
-    if not tenant.store.versions(user) and not tenant.db.has_user(user):
+    if not tenant.store.versions(user) and not tenant.db.has_user(user) and not tenant.store.count_memories(user):
         raise not_found()
     if not tenant.lock.acquire(timeout=30):
         raise ApiError(409, "busy", "a running job is writing this tenant's personas; try again when it finishes")

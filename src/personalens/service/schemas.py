@@ -214,6 +214,33 @@ class ChatOut(BaseModel):
     cluster: int
     model: str
     usage: dict[str, Any]
+    steps: list[dict[str, Any]] = []
+    memories: list[str] = []
+
+
+class MemoryIn(_Strict):
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    query: Annotated[str, Field(min_length=1, max_length=8000)]
+    response: Annotated[str, Field(min_length=1, max_length=8000)]
+    timestamp: Annotated[float, Field(ge=0, le=1e11)] | None = None
+    session: Annotated[str, Field(max_length=200)] | None = None
+    metadata: dict[str, str | int | float | bool | None] | None = None
+
+
+class MemoriesIn(_Strict):
+    memories: Annotated[list[MemoryIn], Field(min_length=1, max_length=1000)]
+
+
+class MemoriesOut(BaseModel):
+    user: str
+    added: int
+    total: int
+
+
+class MemoryListOut(BaseModel):
+    user: str
+    total: int
+    memories: list[MemoryIn]
 
 
 class DeleteOut(BaseModel):

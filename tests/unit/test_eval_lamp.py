@@ -1,0 +1,276 @@
+"""LaMP tasks for the agent (answer spaces, memories, alignment batches, official metrics) and the
+``eval lamp`` runner end to end with the scripted double."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from personalens.cli import app
+from personalens.data.lamp import LampExample, LampProfileEntry, load_lamp
+from personalens.embed.testing import HashEmbedder
+from personalens.errors import ConfigError, DataError
+from personalens.evaluation.lamp import (
+    LampEvaluation,
+    parse_lamp_config,
+    scaling_overrides,
+    select_examples,
+    write_lamp_report,
+)
+from personalens.evaluation.lamp_tasks import LAMP2M_TAGS, get_task, lamp_metrics, official_rating, task_number
+from personalens.llm.base import ChatRequest
+from personalens.llm.testing import ScriptedChatModel
+from personalens.store import PersonaStore
+
+DAY = 86400
+
+
+def _write_lamp3(tmp_path: Path, users: int = 4, entries: int = 6) -> tuple[Path, Path]:
+    questions, golds = [], []
+    for u in range(users):
+        profile = [
+            {
+                "id": f"{u}-{i}",
+                "text": f"review {i} of user {u}: " + ("great value loved it" if i % 2 else "broke quickly, poor"),
+                "score": "5" if i % 2 else "2",
+                "date": f"2020-01-{i + 1:02d}",
+            }
+            for i in range(entries)
+        ]
+        questions.append(
+            {
+                "id": f"q{u}",
+                "input": f"What score from 1 to 5 does this review give? review: loved it, great value {u}",
+                "profile": profile,
+            }
+        )
+        golds.append({"id": f"q{u}", "output": "5" if u % 2 else "4"})
+    q, o = tmp_path / "questions.json", tmp_path / "outputs.json"
+    q.write_text(json.dumps(questions))
+    o.write_text(json.dumps({"task": "LaMP_3", "golds": golds}))
+    return q, o
+
+
+def _responder(request: ChatRequest) -> str:
+    head = request.messages[0].content
+    if head.startswith("You study"):
+        return "- Gives five stars to good value.\n- Punishes products that break quickly."
+    if head.startswith("You review"):
+        return "The user rewards value with high scores."
+    if head.startswith("You maintain"):
+        return "- Gives five stars to good value.\n- Punishes products that break quickly.\n- Praise means 5."
+    if "Action:" in head:  # an agent with the text protocol
+        if any(m.content.startswith("Observation:") for m in request.messages if m.role == "user"):
+            return "Thought: enough\nFinal Answer: 5"
+        return "Thought: check past reviews\nAction: memory_search: great value"
+    return "5"
+
+
+def _model() -> ScriptedChatModel:
+    return ScriptedChatModel(_responder, next_tokens=lambda r: {"5": 0.6, "4": 0.3, "2": 0.1})
+
+
+class Wiki:
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+
+    def summary(self, topic: str) -> Any:
+        self.topics.append(topic)
+        return None
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def test_task_numbers_and_answer_spaces() -> None:
+    assert task_number("LaMP_2M") == "2M" and task_number("lamp-2") == "2M" and task_number("3") == "3"
+    with pytest.raises(DataError):
+        task_number("LaMP_4")
+    with pytest.raises(DataError):
+        task_number(None)
+    t2 = get_task("LaMP_2M")
+    ex = LampExample("1", "Which tag? tags: [sci-fi, comedy, true story] description: a film", ())
+    assert t2.space(ex).labels == ("sci-fi", "comedy", "true story")
+    assert t2.space(LampExample("2", "no list here", ())).labels == LAMP2M_TAGS
+    assert t2.search_query(ex.input) == "a film"
+    assert get_task("LaMP_3").space().choices == ("1", "2", "3", "4", "5")
+    t1 = get_task("LaMP_1")
+    assert t1.search_query('the paper with the title "Deep nets" which reference') == "Deep nets"
+
+
+def test_memories_and_alignment_batches_keep_time_order() -> None:
+    from datetime import UTC, datetime
+
+    entries = tuple(
+        LampProfileEntry(f"e{i}", {"text": f"t{i}", "score": str(i % 5 + 1)}, datetime(2020, 1, 10 - i, tzinfo=UTC))
+        for i in range(5)
+    )
+    task = get_task("LaMP_3")
+    records = task.memory_records(LampExample("q", "review: x", entries))
+    assert [r.memory_id for r in records] == ["e0", "e1", "e2", "e3", "e4"]
+    batch = task.alignment_batch(records, 3)
+    assert [b.memory_id for b in batch] == ["e2", "e1", "e0"]  # the latest three, oldest first
+    assert batch[-1].truth == "1" and "review: t0" in batch[-1].question
+    bad = LampExample("q", "x", (LampProfileEntry("e", {"text": "t"}),))
+    with pytest.raises(DataError, match="score"):
+        task.memory_records(bad)
+
+
+def test_lamp1_alignment_builds_citation_choices() -> None:
+    task = get_task("LaMP_1")
+    entries = tuple(LampProfileEntry(f"p{i}", {"title": f"Title {i}", "abstract": "abs"}) for i in range(3))
+    records = task.memory_records(LampExample("q", "x", entries))
+    batch = task.alignment_batch(records, 2, other_titles=["Foreign title"])
+    assert len(batch) == 2 and {b.truth for b in batch} == {"[1]", "[2]"}
+    assert all("Foreign title" in b.question for b in batch)
+    assert task.alignment_batch(records, 2) == []  # no negatives available
+
+
+def test_official_metrics() -> None:
+    assert official_rating("4", 5.0) == 4.0
+    assert official_rating("five", 5.0) == 1.0 and official_rating(None, 1.0) == 5.0
+    task3 = get_task("LaMP_3")
+    m = lamp_metrics(task3, ["5", "1"], ["4", None])
+    assert m["mae"] == pytest.approx((1 + 4) / 2) and m["unparsable"] == 0.5
+    m = lamp_metrics(task3, ["5", "1"], ["4", None], unparsable="drop", expectations=[4.5, 1.5])
+    assert m["mae"] == pytest.approx(1.0) and m["mae_expected"] == pytest.approx(0.5)
+    task2 = get_task("LaMP_2M")
+    m = lamp_metrics(task2, ["comedy", "action"], ["comedy", None], labels=["comedy", "action", "romance"])
+    assert m["accuracy"] == 0.5 and m["f1"] == pytest.approx((1.0 + 0 + 0) / 3)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_parsing(tmp_path: Path) -> None:
+    raw = {
+        "data": {"questions": "q.json", "outputs": "o.json", "max_examples": 3},
+        "methods": ["prompt", "rag-2", "personaagent"],
+        "agent": {"batch_size": 2},
+        "scaling": {"batch_sizes": [1, 5], "k": [8]},
+    }
+    config = parse_lamp_config(raw, source="x.toml", base=tmp_path)
+    assert config.questions == str(tmp_path / "q.json")
+    assert config.all_methods() == [
+        "prompt",
+        "rag-2",
+        "personaagent",
+        "personaagent[n=1]",
+        "personaagent[n=5]",
+        "personaagent[k=8]",
+    ]
+    assert scaling_overrides("n=5,E=2,k=8") == {"batch_size": 5, "iterations": 2, "k": 8}
+    for bad in (
+        {"data": {}},
+        {"data": {"questions": "q"}, "methods": ["telepathy"]},
+        {"data": {"questions": "q"}, "agent": {"iterations": 0}},
+        {"data": {"questions": "q"}, "agent": {"colour": 1}},
+        {"data": {"questions": "q", "sample": "best"}},
+    ):
+        with pytest.raises(ConfigError):
+            parse_lamp_config(bad, source="x.toml")
+
+
+def test_example_selection_is_stable(tmp_path: Path) -> None:
+    q, o = _write_lamp3(tmp_path, users=6)
+    examples = load_lamp(q, o)
+    config = parse_lamp_config({"data": {"questions": str(q), "max_examples": 3, "sample": "random"}})
+    bigger = parse_lamp_config({"data": {"questions": str(q), "max_examples": 5, "sample": "random"}})
+    small, large = select_examples(examples, config), select_examples(examples, bigger)
+    assert [e.id for e in small] == [e.id for e in large[:3]]
+
+
+# ---------------------------------------------------------------- runner
+
+
+def test_runner_writes_every_method_and_resumes_without_llm_calls(tmp_path: Path) -> None:
+    q, o = _write_lamp3(tmp_path)
+    raw = {
+        "name": "tiny",
+        "data": {"questions": str(q), "outputs": str(o), "max_examples": 3},
+        "scaling": {"batch_sizes": [1]},
+    }
+    config = parse_lamp_config(raw)
+    out = tmp_path / "run"
+    model, wiki = _model(), Wiki()
+    summary = LampEvaluation(config, out, model=model, embedder=HashEmbedder(), wikipedia=wiki).run()
+    methods = config.all_methods()
+    assert summary.rows_written == 3 * len(methods) and not summary.failures
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    by = {(r["method"], r["example"]): r for r in rows}
+    pa = by[("personaagent", "q0")]
+    assert pa["tools"][0] == "memory_search" and pa["alignment"][0]["of"] == 3
+    assert pa["pred"] == "5" and pa["abs_error"] == 1.0 and pa["scores"]["5"] == pytest.approx(0.6)
+    assert by[("personaagent[n=1]", "q0")]["alignment"][0]["of"] == 1
+    assert "alignment" not in by[("no-alignment", "q0")] and by[("no-persona", "q0")].get("persona_version") is None
+    assert by[("no-action", "q0")]["tools"] == [] and by[("rag-4", "q1")]["memories"]
+    with PersonaStore(out / "agent.sqlite") as store:
+        assert store.count_memories("q0") == 6
+        methods_seen = [v.method for v in store.versions("q0")]
+        assert methods_seen.count("agent-align") == 4  # full, n=1, no-memory, no-action
+    calls = len(model.calls)
+    again = LampEvaluation(config, out, model=model, embedder=HashEmbedder(), wikipedia=wiki).run()
+    assert again.rows_written == 0 and again.rows_skipped == 3 * len(methods) and len(model.calls) == calls
+    paths = write_lamp_report(out)
+    report = paths["markdown"].read_text()
+    assert "Table 2 layout" in report and "Table 3 layout" in report and "Test-time scaling" in report
+    assert "| MAE ↓ |" in report and "w/o memory" in report and "paired bootstrap" in report
+    summary_json = json.loads(paths["json"].read_text())
+    assert summary_json["examples"] == 3
+    assert summary_json["methods"]["prompt"]["metrics"]["mae"] == pytest.approx(
+        sum(abs(5 - float(g)) for g in ("4", "5", "4")) / 3
+    )
+
+
+def test_changed_settings_make_new_rows_and_the_report_uses_only_current_ones(tmp_path: Path) -> None:
+    q, o = _write_lamp3(tmp_path)
+    base = {"data": {"questions": str(q), "outputs": str(o), "max_examples": 2}, "methods": ["prompt", "rag-1"]}
+    out = tmp_path / "run"
+    LampEvaluation(parse_lamp_config(base), out, model=_model(), embedder=HashEmbedder()).run()
+    changed = {**base, "agent": {"max_steps": 3}}
+    summary = LampEvaluation(parse_lamp_config(changed), out, model=_model(), embedder=HashEmbedder()).run()
+    assert summary.rows_written == 4
+    rows = (out / "rows.jsonl").read_text().splitlines()
+    assert len(rows) == 8
+    assert json.loads(write_lamp_report(out)["json"].read_text())["examples"] == 2
+
+
+def test_failures_are_reported_per_example(tmp_path: Path) -> None:
+    q, o = _write_lamp3(tmp_path, users=2)
+    data = json.loads(q.read_text())
+    del data[1]["profile"][0]["score"]
+    q.write_text(json.dumps(data))
+    config = parse_lamp_config({"data": {"questions": str(q), "outputs": str(o)}, "methods": ["prompt"]})
+    summary = LampEvaluation(config, tmp_path / "run", model=_model(), embedder=HashEmbedder()).run()
+    assert summary.rows_written == 1 and list(summary.failures) == ["prompt/q1"]
+    assert "score" in summary.failures["prompt/q1"]
+
+
+def test_cli_eval_lamp_against_a_loopback_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command end to end through the OpenAI-compatible backend on a real loopback socket."""
+    from _stub_server import StubServer
+
+    def handler(path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+        if body.get("logprobs"):
+            top = [{"token": t, "logprob": lp} for t, lp in (("5", -0.5), ("4", -1.2), ("1", -3.0))]
+            content = [{"token": "5", "logprob": -0.5, "top_logprobs": top}]
+            return 200, {}, {"choices": [{"message": {"content": "5"}, "logprobs": {"content": content}}]}
+        return 200, {}, {"choices": [{"message": {"content": "Final Answer: 5"}}], "usage": {"prompt_tokens": 3}}
+
+    q, o = _write_lamp3(tmp_path, users=2)
+    toml = tmp_path / "lamp.toml"
+    toml.write_text(
+        f'name = "cli"\nmethods = ["prompt", "rag-1"]\n[data]\nquestions = "{q}"\noutputs = "{o}"\nmax_examples = 2\n'
+    )
+    with StubServer(handler) as server:
+        monkeypatch.setenv("PERSONALENS_LLM_BASE_URL", server.base_url)
+        monkeypatch.setenv("PERSONALENS_CACHE_DIR", str(tmp_path / "cache"))
+        result = CliRunner().invoke(app, ["--json", "eval", "lamp", str(toml), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["run"]["rows_written"] == 4
+    assert (tmp_path / "out" / "report.md").is_file()
