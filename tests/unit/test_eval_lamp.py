@@ -274,3 +274,49 @@ def test_cli_eval_lamp_against_a_loopback_server(tmp_path: Path, monkeypatch: py
     payload = json.loads(result.output)
     assert payload["run"]["rows_written"] == 4
     assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_react_reads_the_offline_encyclopedia_through_the_loopback_server(tmp_path: Path) -> None:
+    """[tools] wikipedia_pages: pages served by RecordedWikipedia on 127.0.0.1, read by the real HTTP client."""
+    from personalens.agent.wikiserver import WikiPage, write_pages_jsonl
+
+    tags = "[sci-fi, comedy, romance]"
+    questions = [
+        {
+            "id": "q0",
+            "input": f"Which tag? tags: {tags} description: Alien (1979). Genres: Horror, Sci-Fi.",
+            "profile": [
+                {
+                    "id": f"p{i}",
+                    "description": f"Film {i}. Genres: Sci-Fi.",
+                    "tag": "sci-fi",
+                    "date": f"2001-01-0{i + 1}",
+                }
+                for i in range(5)
+            ],
+        }
+    ]
+    q, o, pages = tmp_path / "q.json", tmp_path / "o.json", tmp_path / "pages.jsonl"
+    q.write_text(json.dumps(questions))
+    o.write_text(json.dumps({"task": "LaMP_2M", "golds": [{"id": "q0", "output": "sci-fi"}]}))
+    write_pages_jsonl([WikiPage("Alien (film)", "Alien is a 1979 science fiction horror film.", "1979 film")], pages)
+
+    def respond(request: ChatRequest) -> str:
+        users = [m.content for m in request.messages if m.role == "user"]
+        if not users[-1].startswith("Observation:"):
+            return "Thought: what is it?\nAction: wikipedia: Alien (film)"
+        return "Final Answer: sci-fi"
+
+    model = ScriptedChatModel(respond, next_tokens=lambda r: {"sci": 0.9, "comedy": 0.05, "romance": 0.05})
+    raw = {
+        "data": {"questions": str(q), "outputs": str(o)},
+        "methods": ["react"],
+        "tools": {"wikipedia_pages": str(pages)},
+    }
+    config = parse_lamp_config(raw, source=str(tmp_path / "x.toml"))
+    summary = LampEvaluation(config, tmp_path / "run", model=model, embedder=HashEmbedder()).run()
+    assert summary.rows_written == 1, summary.failures
+    row = json.loads((tmp_path / "run" / "rows.jsonl").read_text())
+    wiki = [s for s in row["trace"] if s.get("tool") == "wikipedia"]
+    assert wiki and "1979 science fiction horror film" in wiki[0]["observation"]
+    assert row["tools"] == ["wikipedia"] and row["requests"] >= 2
