@@ -113,23 +113,42 @@ def test_unreadable_answer_is_reported_not_dropped() -> None:
     assert not answer.parsed and answer.answer == "a musical"
 
 
-def test_step_limit_and_duplicate_actions() -> None:
+def test_step_limit_restates_the_question() -> None:
     memory = RecordingMemory()
     model = ScriptedChatModel(
-        ["Action: memory_search: a", "Action: memory_search: a", "Action: memory_search: b", "horror"]
+        ["Action: memory_search: a", "Action: memory_search: b", "Action: memory_search: c", "horror"]
     )
     answer = run_agent(
         model,
-        "q",
+        "Tag this film",
         persona=None,
         tools=ToolBox((memory,)),
         space=LABELS,
         config=LoopConfig(max_steps=4, answer_scoring="text"),
     )
-    assert [c[0] for c in memory.calls] == ["a", "b"]
-    assert [s.kind for s in answer.steps] == ["action", "duplicate", "action", "limit", "answer"]
-    assert "already ran memory_search" in _last_user(model.calls[2])
+    assert [c[0] for c in memory.calls] == ["a", "b", "c"]
+    assert [s.kind for s in answer.steps] == ["action", "action", "action", "limit", "answer"]
+    last = _last_user(model.calls[-1])
+    assert "no more tool calls" in last and "Tag this film" in last and "exactly one of" in last
     assert answer.answer == "horror" and len(model.calls) == 4
+
+
+def test_a_repeated_search_ends_the_search_and_asks_for_the_answer() -> None:
+    memory = RecordingMemory()
+    model = ScriptedChatModel(["Action: memory_search: a", "Action: memory_search:  A ", "horror"])
+    answer = run_agent(
+        model,
+        "Tag this film",
+        persona=None,
+        tools=ToolBox((memory,)),
+        space=LABELS,
+        config=LoopConfig(max_steps=6, answer_scoring="text"),
+    )
+    assert [c[0] for c in memory.calls] == ["a"]
+    assert [s.kind for s in answer.steps] == ["action", "duplicate", "answer"]
+    last = model.calls[-1]
+    assert "repeated a search" in _last_user(last) and "Tag this film" in _last_user(last)
+    assert last.prefill == "Final Answer: " and answer.answer == "horror"
 
 
 def test_probability_answer_reads_the_allowed_answers_at_the_final_answer() -> None:

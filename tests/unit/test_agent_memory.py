@@ -83,7 +83,7 @@ def test_latest_and_tool_output(memory: EpisodicMemory) -> None:
     assert [r.memory_id for r in memory.latest(2, before=30 * DAY)] == ["m1", "m2"]
     obs = MemorySearchTool(memory, k=2).run("alien robots space battle", ToolContext())
     lines = obs.text.splitlines()
-    assert len(lines) == 2 and lines[0].startswith("1. [1970-01-31] alien robots space battle -> sci-fi")
+    assert len(lines) == 2 and lines[0] == "- [1970-01-31] alien robots space battle => the user's answer: sci-fi"
     assert obs.data[0].record.memory_id == "m3"
     assert MemorySearchTool(memory, k=2).run("alien", ToolContext(before=1.0)).text == "No matching memories."
 

@@ -26,7 +26,9 @@ GENERIC_SYSTEM = "You are a helpful assistant."
 PERSONAL_SYSTEM = "You are a personal assistant. Answer the question the way this particular user would."
 
 ICL_BLOCK = "Here are solved examples of the same kind of question:\n{demos}\n\nNow the question to answer:\n"
-RAG_BLOCK = "Past interactions of this user that resemble the question (their true answers after ->):\n{hits}\n\n"
+RAG_BLOCK = (
+    "Past interactions of this user that resemble the question, with what the user actually answered:\n{hits}\n\n"
+)
 PROFILE_BLOCK = "What is known about this user:\n{profile}\n\n"
 QUESTION = "{question}\n{instruction}"
 

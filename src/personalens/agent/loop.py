@@ -201,7 +201,13 @@ FORCED_SEARCH = (
     "Now continue: another Action, or the Final Answer."
 )
 DUPLICATE = "Observation: you already ran {tool} with this input; the result is above. Use it, or try another input."
-STEP_LIMIT = "Observation: no more tool calls are allowed. Give your Final Answer now."
+STEP_LIMIT = "Observation: no more tool calls are allowed. Answer the question now.\n{question}"
+REPEATED = (
+    "Observation: you repeated a search you already made, so the search is over. Answer the question now.\n{question}"
+)
+#: Bumped whenever the wording the model sees changes (prompts, tool output format), so evaluation rows made with
+#: another wording are told apart.
+PROTOCOL_VERSION = 2
 OBSERVATION = "Observation: {text}"
 
 
@@ -214,8 +220,9 @@ def system_prompt(persona: str | None, tools: ToolBox, *, native: bool) -> str:
 
 
 class _Run:
-    def __init__(self, model: ChatModel, config: LoopConfig) -> None:
+    def __init__(self, model: ChatModel, config: LoopConfig, question: str = "") -> None:
         self.model = model
+        self.question = question  # the question and its answer instruction, restated when the answer is asked for
         self.config = config
         self.usage = Usage()
         self.steps: list[TraceStep] = []
@@ -260,9 +267,9 @@ def run_agent(
         config.tool_protocol == "native" or (config.tool_protocol == "auto" and supports_native_tools(model))
     )
     context = context or ToolContext()
-    run = _Run(model, config)
-    sys_text = system_prompt(persona, tools, native=native)
     instruction = space.instruction()
+    run = _Run(model, config, QUESTION.format(question=question, instruction=instruction).strip())
+    sys_text = system_prompt(persona, tools, native=native)
     messages: list[Message] = [system(sys_text), user(QUESTION.format(question=question, instruction=instruction))]
     require_search = config.require_memory_search and MEMORY_TOOL in tools
     if not len(tools):
@@ -325,11 +332,13 @@ def _text_loop(
         # the transcript keeps the step as the protocol writes it, without anything the model added after it
         clean = (f"Thought: {step.thought}\n" if step.thought else "") + f"Action: {step.tool}: {step.input}"
         if key in done:
+            # a small model that repeats a search has run out of ideas: asking again only repeats it (measured),
+            # so the repeat ends the search and the question is put once more
             run.steps.append(
                 TraceStep("duplicate", raw, tool=step.tool, input=step.input, seconds=elapsed, tokens=tokens)
             )
-            messages += [assistant(clean), user(DUPLICATE.format(tool=step.tool))]
-            continue
+            messages += [assistant(clean), user(REPEATED.format(question=run.question))]
+            return _answer(run, _merge_users(messages), "Final Answer: ", space, from_text=None)
         done.add(key)
         obs = run.run_tool(tools, step.tool, step.input, context, "action")
         run.steps[-1].text, run.steps[-1].tokens = raw, tokens
@@ -340,7 +349,7 @@ def _text_loop(
         obs = run.run_tool(tools, MEMORY_TOOL, search_query, context, "forced")
         messages += [user(FORCED_SEARCH.format(result=obs.text).rsplit("\n", 1)[0])]
     run.steps.append(TraceStep("limit"))
-    messages.append(user(STEP_LIMIT))
+    messages.append(user(STEP_LIMIT.format(question=run.question)))
     return _answer(run, _merge_users(messages), "Final Answer: ", space, from_text=None)
 
 
@@ -399,7 +408,7 @@ def _native_loop(
         obs = run.run_tool(tools, MEMORY_TOOL, search_query, context, "forced")
         messages.append(user(FORCED_SEARCH.format(result=obs.text).rsplit("\n", 1)[0]))
     run.steps.append(TraceStep("limit"))
-    messages.append(user(STEP_LIMIT))
+    messages.append(user(STEP_LIMIT.format(question=run.question)))
     return _answer(run, _merge_users(messages), "Final Answer: ", space, from_text=None)
 
 

@@ -73,10 +73,13 @@ def format_hits(hits: Sequence[MemoryHit], *, max_chars: int = 300) -> str:
     """Memory hits as the model reads them: one numbered line each, with the date when known."""
     if not hits:
         return "No matching memories."
+    # bullets, not numbers: a numbered list ("1. …") pulls a small model towards answering "1" on a 1–5 scale
     lines = []
-    for i, hit in enumerate(hits, 1):
+    for hit in hits:
         when = f"[{hit.date}] " if hit.date else ""
-        lines.append(f"{i}. {when}{_clip(hit.record.query, max_chars)} -> {_clip(hit.record.response, 80)}")
+        lines.append(
+            f"- {when}{_clip(hit.record.query, max_chars)} => the user's answer: {_clip(hit.record.response, 80)}"
+        )
     return "\n".join(lines)
 
 

@@ -37,7 +37,7 @@ from personalens.agent.baselines import (
     react,
     retrieval_augmented,
 )
-from personalens.agent.loop import AgentAnswer, LoopConfig
+from personalens.agent.loop import PROTOCOL_VERSION, AgentAnswer, LoopConfig
 from personalens.agent.memory import EpisodicMemory, summarise_memory
 from personalens.agent.tools import MemorySearchTool, Tool, ToolBox, WikiLookup, WikipediaTool
 from personalens.data.lamp import LampExample, load_lamp
@@ -328,6 +328,7 @@ class LampEvaluation:
             "questions": cfg.questions,
             "loop": asdict(cfg.loop_config()),
             "wikipedia": bool(cfg.wikipedia_pages or cfg.wikipedia_url or self._wikipedia),
+            "protocol": PROTOCOL_VERSION,
         }
         if method == "icl":
             base["demos"] = cfg.icl_demos
