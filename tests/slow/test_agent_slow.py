@@ -28,7 +28,9 @@ def test_agent_acts_searches_memory_answers_and_aligns(local_llm, tmp_path):
     store = PersonaStore(tmp_path / "agent.sqlite")
     config = AgentConfig(
         loop=LoopConfig(max_steps=3, step_max_tokens=96),
-        alignment=AlignmentConfig(batch_size=2, iterations=1, max_words=120, feedback_max_tokens=80),
+        alignment=AlignmentConfig(
+            batch_size=2, iterations=1, max_words=120, feedback_max_tokens=64, update_max_tokens=200
+        ),
         semantic_max_words=60,
     )
     agent = PersonaAgent(local_llm, MiniLMEmbedder(), store, "u1", config=config, task="movie tagging")

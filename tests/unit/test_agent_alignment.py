@@ -218,3 +218,16 @@ def test_ablation_switches(tmp_path: Path) -> None:
     assert agent.with_config(use_actions=False).toolbox().names == []
     assert agent.with_config(use_memory=False).toolbox().names == []
     assert agent.toolbox().names == ["memory_search"]
+
+
+def test_budget_caps_stop_alignment_and_say_so(tmp_path: Path) -> None:
+    model = _agent_model()
+    agent = _agent(tmp_path, model, alignment=AlignmentConfig(batch_size=3, iterations=2, max_calls=5))
+    init = agent.initialise()
+    calls_before = len(model.calls)
+    batch = [AlignmentExample(r.memory_id, f"Tag: {r.query}", r.response, r.timestamp) for r in agent.memory.latest(3)]
+    result = agent.align(batch, space=AnswerSpace.of_labels(["comedy", "horror"]))
+    assert len(model.calls) - calls_before <= 5  # simulations, feedback and rewrites all counted
+    assert result.steps[0].error is not None and result.steps[0].error.startswith("budget:")
+    assert len(result.steps) == 1 and result.persona == init.profile
+    assert agent.persona() == init  # nothing stored for the unfinished iteration

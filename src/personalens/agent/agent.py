@@ -26,6 +26,7 @@ from personalens.agent.memory import EpisodicMemory, summarise_memory
 from personalens.agent.tools import MemorySearchTool, Tool, ToolBox, ToolContext, WikiLookup, WikipediaTool
 from personalens.embed.base import Embedder
 from personalens.llm.base import ChatModel
+from personalens.llm.usage import Budget, UsageMeter
 from personalens.store.base import PersonaStoreProtocol
 from personalens.store.models import Persona, PersonaSet, config_hash
 
@@ -227,9 +228,18 @@ class PersonaAgent:
         findings. Each simulated answer sees only memories older than its interaction, never the interaction."""
         start = self.persona() or self.initialise()
         version = {"v": start.version}
+        caps = self.config.alignment
+        model: ChatModel = self.model
+        actor = self
+        if caps.max_calls is not None or caps.max_tokens is not None:
+            # one meter for the whole run: simulated answers, feedback and rewrites all count against the caps
+            model = UsageMeter(self.model, Budget(max_tokens=caps.max_tokens, max_calls=caps.max_calls))
+            actor = self.with_config()
+            actor.model = model
+            actor.memory = self.memory
 
         def simulate(ex: AlignmentExample, profile: str) -> AgentAnswer:
-            return self.answer(
+            return actor.answer(
                 ex.question,
                 space=space,
                 profile=profile,
@@ -252,7 +262,7 @@ class PersonaAgent:
                 on_step(step)
 
         return align_persona(
-            self.model,
+            model,
             start.profile,
             batch,
             simulate,

@@ -24,7 +24,7 @@ import numpy as np
 
 from personalens.agent.loop import AgentAnswer
 from personalens.embed.base import Embedder
-from personalens.errors import LLMOutputError
+from personalens.errors import BudgetExceeded, LLMOutputError
 from personalens.llm.base import ChatModel, ChatRequest, Usage, system, user
 
 
@@ -52,6 +52,8 @@ class AlignmentConfig:
     retention_threshold: float = 0.6
     temperature: float = 0.1
     seed: int = 0
+    max_calls: int | None = None  # caps for one alignment run (simulations included); None = no cap
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -247,68 +249,86 @@ def align_persona(
     steps: list[AlignmentStep] = []
     current = persona
     for iteration in range(1, config.iterations + 1):
-        usage = Usage()
-        simulated: list[dict[str, Any]] = []
-        feedback: list[str] = []
-        for ex in batch:
-            answer = simulate(ex, current)
-            usage = usage + answer.usage
-            simulated.append(
-                {
-                    "memory_id": ex.memory_id,
-                    "truth": ex.truth,
-                    "simulated": answer.answer,
-                    "correct": answer.answer.strip().lower() == ex.truth.strip().lower(),
-                    "tools": answer.tools_used,
-                }
-            )
-            prompt = FEEDBACK_PROMPT.format(
-                persona=current,
-                question=ex.question,
-                truth=ex.truth,
-                simulated=answer.answer,
-                max_words=max(30, config.feedback_max_tokens * 2 // 3),
-            )
-            result = model.chat(
-                ChatRequest.of(
-                    [system(FEEDBACK_SYSTEM), user(prompt)],
-                    max_tokens=config.feedback_max_tokens,
-                    temperature=config.temperature,
-                    seed=config.seed,
-                )
-            )
-            usage = usage + result.usage
-            feedback.append(result.text.strip())
-        step = AlignmentStep(iteration, current, current, simulated, feedback)
-        joined = "\n".join(f"{i}. {' '.join(f.split())}" for i, f in enumerate(feedback, 1) if f.strip())
-        if not joined:
-            step.error = "the model gave no feedback for any interaction"
-        else:
-            new, used = _rewrite(model, current, joined, config)
-            usage = usage + used
-            if not new:
-                step.error = "the model returned an empty rewrite twice; the persona is unchanged"
-            else:
-                if word_count(new) > config.max_words:
-                    step.shortened = True
-                    shorter, used = _ask(model, SHORTEN_PROMPT.format(max_words=config.max_words, persona=new), config)
-                    usage = usage + used
-                    if shorter and word_count(shorter) < word_count(new):
-                        new = shorter
-                    if word_count(new) > config.max_words:
-                        step.truncated = True
-                        new = truncate_words(new, config.max_words)
-                step.dropped = dropped_statements(current, new, embedder=embedder, threshold=config.retention_threshold)
-                if step.dropped and config.keep_dropped == "restore":
-                    new, step.restored = _restore(new, step.dropped, config.max_words)
-                step.persona_after = new
-        step.usage = usage
-        total = total + usage
+        try:
+            step = _iteration(model, current, batch, simulate, config, embedder, iteration)
+        except BudgetExceeded as exc:  # a cap ends the run; the persona stays as the last finished iteration left it
+            step = AlignmentStep(iteration, current, current, [], [], error=f"budget: {exc}")
+        total = total + step.usage
         steps.append(step)
         if on_step is not None:
             on_step(step)
         current = step.persona_after
+        if step.error and step.error.startswith("budget:"):
+            break
     return AlignmentResult(current, steps, total)
+
+
+def _iteration(
+    model: ChatModel,
+    current: str,
+    batch: Sequence[AlignmentExample],
+    simulate: Callable[[AlignmentExample, str], AgentAnswer],
+    config: AlignmentConfig,
+    embedder: Embedder | None,
+    iteration: int,
+) -> AlignmentStep:
+    usage = Usage()
+    simulated: list[dict[str, Any]] = []
+    feedback: list[str] = []
+    for ex in batch:
+        answer = simulate(ex, current)
+        usage = usage + answer.usage
+        simulated.append(
+            {
+                "memory_id": ex.memory_id,
+                "truth": ex.truth,
+                "simulated": answer.answer,
+                "correct": answer.answer.strip().lower() == ex.truth.strip().lower(),
+                "tools": answer.tools_used,
+            }
+        )
+        prompt = FEEDBACK_PROMPT.format(
+            persona=current,
+            question=ex.question,
+            truth=ex.truth,
+            simulated=answer.answer,
+            max_words=max(30, config.feedback_max_tokens * 2 // 3),
+        )
+        result = model.chat(
+            ChatRequest.of(
+                [system(FEEDBACK_SYSTEM), user(prompt)],
+                max_tokens=config.feedback_max_tokens,
+                temperature=config.temperature,
+                seed=config.seed,
+            )
+        )
+        usage = usage + result.usage
+        feedback.append(result.text.strip())
+    step = AlignmentStep(iteration, current, current, simulated, feedback)
+    joined = "\n".join(f"{i}. {' '.join(f.split())}" for i, f in enumerate(feedback, 1) if f.strip())
+    if not joined:
+        step.error = "the model gave no feedback for any interaction"
+    else:
+        new, used = _rewrite(model, current, joined, config)
+        usage = usage + used
+        if not new:
+            step.error = "the model returned an empty rewrite twice; the persona is unchanged"
+        else:
+            if word_count(new) > config.max_words:
+                step.shortened = True
+                shorter, used = _ask(model, SHORTEN_PROMPT.format(max_words=config.max_words, persona=new), config)
+                usage = usage + used
+                if shorter and word_count(shorter) < word_count(new):
+                    new = shorter
+                if word_count(new) > config.max_words:
+                    step.truncated = True
+                    new = truncate_words(new, config.max_words)
+            step.dropped = dropped_statements(current, new, embedder=embedder, threshold=config.retention_threshold)
+            if step.dropped and config.keep_dropped == "restore":
+                new, step.restored = _restore(new, step.dropped, config.max_words)
+            step.persona_after = new
+    step.usage = usage
+    return step
 
 
 def _ask(model: ChatModel, prompt: str, config: AlignmentConfig, *, sample: int = 0) -> tuple[str, Usage]:
