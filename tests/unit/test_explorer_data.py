@@ -180,7 +180,7 @@ def test_timeline_entry_of_an_agent_alignment_step():
     persona_set = PersonaSet("u", 4, 3, "personaagent", "agent-align", "h", {}, 0.0, (persona,), "e", "alignment")
     out = timeline_entry(persona_set, is_current=True)
     assert (out["kind"], out["label"], out["errors"]) == ("alignment", "alignment iteration 2", None)
-    assert out["step"] == {"iteration": 2, "error": None}
+    assert out["step"] == {"iteration": 2, "error": None, "feedback": ["too vague"]}
 
 
 def test_timeline_entry_of_a_refinement_round():

@@ -448,7 +448,17 @@ def timeline_entry(persona_set: PersonaSet, *, is_current: bool) -> dict[str, An
         before, after = _errors(meta.get("mae_before")), _errors(meta.get("mae_after"))
         if before is not None or after is not None:
             errors = {"metric": "MAE", "before": before, "after": after}
-        for key in ("strategy", "round", "window", "committed", "iteration", "error"):
+        for key in (
+            "strategy",
+            "round",
+            "window",
+            "committed",
+            "iteration",
+            "error",
+            "feedback",
+            "dropped",
+            "restored",
+        ):
             if key in meta and key not in step:
                 step[key] = meta[key]
         rewards = meta.get("rewards")

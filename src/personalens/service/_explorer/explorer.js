@@ -511,7 +511,22 @@
       const extras = [];
       if (step.rewards && step.rewards.r_total !== undefined) extras.push(`reward r_total ${fmt(step.rewards.r_total)}`);
       if (step.gate && step.gate.reason) extras.push(`gate: ${step.gate.reason}`);
+      if (step.error) extras.push(`error: ${step.error}`);
       if (extras.length) node.append(el("div", { className: "version-meta", text: extras.join(" · ") }));
+      if (Array.isArray(step.feedback) && step.feedback.length) {
+        // a test-time alignment step: the textual feedback it was rewritten from, and what it did not carry over
+        const fb = el("details", { className: "config feedback" }, [
+          el("summary", { text: `alignment feedback (${step.feedback.length})` }),
+        ]);
+        const items = el("ol");
+        for (const f of step.feedback) items.append(el("li", { text: String(f) }));
+        fb.append(items);
+        if (Array.isArray(step.dropped) && step.dropped.length) {
+          const kept = Array.isArray(step.restored) ? step.restored.length : 0;
+          fb.append(el("div", { className: "version-meta", text: `not carried over by the rewrite: ${step.dropped.length}, written back: ${kept}` }));
+        }
+        node.append(fb);
+      }
       const cfg = el("details", { className: "config" }, [el("summary", { text: `configuration ${v.config_hash.slice(0, 12)}` })]);
       const table = el("table");
       for (const [k, value] of Object.entries(v.config)) {
