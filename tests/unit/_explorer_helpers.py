@@ -154,3 +154,44 @@ def make_reports(root: Path) -> Path:
     (hidden / "report.md").write_text("# Hidden\n", encoding="utf-8")
     (root / "secret.png").write_bytes(_png(2, 2, (255, 0, 0)))
     return root
+
+
+def aligned_agent_user(data_dir: Path, tenant: str = "acme", user: str = "carol") -> int:
+    """A PersonaAgent user: episodic memories, the initial persona from semantic memory and one test-time alignment
+    step (scripted model), written by the real agent code into the tenant's store; returns the aligned version."""
+    from personalens.agent.agent import AgentConfig, PersonaAgent
+    from personalens.agent.alignment import AlignmentExample
+    from personalens.agent.loop import AnswerSpace, LoopConfig
+    from personalens.store.models import MemoryRecord
+
+    def respond(request: Any) -> str:
+        head = request.messages[0].content
+        if head.startswith("You study"):
+            return "- Tags most space films as sci-fi.\n- Rarely calls anything a romance, even love stories."
+        if head.startswith("You review"):
+            return "The user tags heist films as comedy when they are light; say so in the description."
+        if head.startswith("You maintain"):
+            return "- Tags most space films as sci-fi.\n- Light heist films count as comedy for this user."
+        if any(m.role == "user" and m.content.startswith("Observation:") for m in request.messages):
+            return "Final Answer: sci-fi"
+        return "Thought: look it up\nAction: memory_search: heist"
+
+    films = [("A crew robs a casino with jokes", "comedy"), ("Rebels fight an empire in space", "sci-fi")]
+    with PersonaStore(data_dir / tenant / "personas.sqlite") as store:
+        agent = PersonaAgent(
+            ScriptedChatModel(respond),
+            HashEmbedder(32),
+            store,
+            user,
+            config=AgentConfig(loop=LoopConfig(answer_scoring="text")),
+            task="movie tagging",
+        )
+        agent.memory.add(
+            [MemoryRecord(f"m{i}", f"Tag: {q} (part {i})", a, 1000.0 + i) for i, (q, a) in enumerate(films * 3)]
+        )
+        agent.initialise()
+        batch = [AlignmentExample(r.memory_id, r.query, r.response, r.timestamp) for r in agent.memory.latest(3)]
+        agent.align(batch, space=AnswerSpace.of_labels(["comedy", "sci-fi"]))
+        current = agent.persona()
+        assert current is not None and current.method == "agent-align"
+        return current.version

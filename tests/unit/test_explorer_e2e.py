@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from _explorer_helpers import EDIT_NEW, EDIT_OLD, make_explorer_app, make_reports, populate
+from _explorer_helpers import EDIT_NEW, EDIT_OLD, aligned_agent_user, make_explorer_app, make_reports, populate
 
 from personalens.store import PersonaStore
 
@@ -122,6 +122,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[s
     """The service on a free port of 127.0.0.1 over a data directory and a reports directory the test made."""
     data_dir = tmp_path_factory.mktemp("explorer-data")
     keys = populate(data_dir)
+    assert aligned_agent_user(data_dir) == 2
     reports = make_reports(tmp_path_factory.mktemp("reports") / "results")
     if REAL_REPORT.is_dir():  # a real evaluation report from the repository, copied (symlinks out are refused)
         shutil.copytree(REAL_REPORT, reports / REAL_REPORT.name, ignore=shutil.ignore_patterns("*.jsonl", "*.json"))
@@ -222,7 +223,7 @@ def test_explorer_walkthrough_in_a_real_browser(browser, live, shots):
 
     # the key: entered once, kept in this tab's sessionStorage, sent with every request
     enter_key(driver, base, keys["acme"])
-    wait_for(driver, lambda d: len(css(d, "#user-select option")) == 2, "the tenant's two users")
+    wait_for(driver, lambda d: len(css(d, "#user-select option")) == 3, "the tenant's three users")
     assert driver.execute_script(f"return sessionStorage.getItem('{KEY_STORAGE}')") == keys["acme"]
     assert one(driver, "#api-key").get_attribute("value") == ""
 
@@ -331,6 +332,16 @@ def test_explorer_walkthrough_in_a_real_browser(browser, live, shots):
     driver.execute_script("document.querySelector('#report img').scrollIntoView({block: 'center'})")
     taken.append(screenshot(driver, shots, "07-report-figure.png", full=False).name)
     driver.execute_script("window.scrollTo(0, 0)")
+
+    # a PersonaAgent user: the initial persona and a test-time alignment step with the feedback it came from
+    one(driver, '#tabs button[data-view="versions"]').click()
+    pick_user(driver, "carol")
+    wait_for(driver, lambda d: len(css(d, "#timeline .version-node")) == 2, "carol's two agent versions")
+    nodes = css(driver, "#timeline .version-node")
+    assert "alignment iteration 1" in nodes[0].text and "agent: initial persona" in nodes[1].text
+    one(driver, "#timeline details.feedback summary").click()
+    assert "heist films as comedy" in one(driver, "#timeline details.feedback").text
+    taken.append(screenshot(driver, shots, "08-alignment-timeline.png").name)
     assert taken == [
         "01-map.png",
         "02-retrieval.png",
@@ -339,6 +350,7 @@ def test_explorer_walkthrough_in_a_real_browser(browser, live, shots):
         "05-rollback.png",
         "06-report.png",
         "07-report-figure.png",
+        "08-alignment-timeline.png",
     ]
 
 
