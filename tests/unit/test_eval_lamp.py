@@ -317,6 +317,11 @@ def test_react_reads_the_offline_encyclopedia_through_the_loopback_server(tmp_pa
     summary = LampEvaluation(config, tmp_path / "run", model=model, embedder=HashEmbedder()).run()
     assert summary.rows_written == 1, summary.failures
     row = json.loads((tmp_path / "run" / "rows.jsonl").read_text())
-    wiki = [s for s in row["trace"] if s.get("tool") == "wikipedia"]
+    assert "trace" not in row and row["step_kinds"][0] == {"kind": "action", "tool": "wikipedia", "ok": True}
+    trace = json.loads((tmp_path / "run" / "traces.jsonl").read_text())
+    assert (trace["method"], trace["example"], trace["digest"]) == ("react", "q0", row["digest"])
+    wiki = [s for s in trace["trace"] if s.get("tool") == "wikipedia"]
     assert wiki and "1979 science fiction horror film" in wiki[0]["observation"]
     assert row["tools"] == ["wikipedia"] and row["requests"] >= 2
+    rows_text = (tmp_path / "run" / "rows.jsonl").read_text()
+    assert "science fiction" not in rows_text and "Film 1" not in rows_text  # the rows quote no data

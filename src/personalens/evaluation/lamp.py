@@ -49,6 +49,7 @@ from personalens.llm.base import ChatModel, Usage
 from personalens.store import PersonaStore
 
 ROWS_FILE = "rows.jsonl"
+TRACES_FILE = "traces.jsonl"  # every step of every answer; quotes the task's data, so kept out of version control
 BASELINES = ("prompt", "icl", "rag-1", "rag-4", "pag-4", "react", "membank")
 AGENT_VARIANTS = ("personaagent", "no-alignment", "no-persona", "no-memory", "no-action")
 DEFAULT_METHODS = (*BASELINES, *AGENT_VARIANTS)
@@ -386,7 +387,13 @@ class LampEvaluation:
             todo = todo[: self.limit]
         self.on_event("start", {"total": len(todo), "examples": len(examples), "methods": methods})
         other_titles = [e.get("title") for ex in everything for e in ex.profile if e.get("title")]
-        with PersonaStore(self.out_dir / "agent.sqlite") as store, self._wiki() as wiki, rows_path.open("a") as sink:
+        traces_path = self.out_dir / TRACES_FILE
+        with (
+            PersonaStore(self.out_dir / "agent.sqlite") as store,
+            self._wiki() as wiki,
+            rows_path.open("a") as sink,
+            traces_path.open("a") as trace_sink,
+        ):
             loaded: set[str] = set()
             for ex, method in todo:
                 key = f"{method}/{ex.id}"
@@ -403,6 +410,10 @@ class LampEvaluation:
                     self.on_event("failed", {"method": method, "example": ex.id, "error": str(exc)})
                     continue
                 row = self._row(task, ex, method, digests[method], answer, extra, seconds)
+                # the trace quotes the data (reviews, descriptions): it goes to its own file, the rows stay data-free
+                trace = {"method": method, "example": ex.id, "digest": digests[method], "trace": row.pop("trace")}
+                trace_sink.write(json.dumps(trace, ensure_ascii=False) + "\n")
+                trace_sink.flush()
                 sink.write(json.dumps(row, ensure_ascii=False) + "\n")
                 sink.flush()
                 summary.rows_written += 1
@@ -423,6 +434,7 @@ class LampEvaluation:
     ) -> dict[str, Any]:
         gold = str(ex.output).strip()
         usage = answer.usage + extra.get("_usage", Usage())
+        steps = [{"kind": st.kind, "tool": st.tool, "ok": st.ok} for st in answer.steps]
         row: dict[str, Any] = {
             "method": method,
             "example": ex.id,
@@ -441,6 +453,7 @@ class LampEvaluation:
             "steps": len(answer.steps),
             "memories": [h.record.memory_id for h in answer.memory_hits],
             "requests": usage.calls + usage.cache_hits,
+            "step_kinds": [{k: v for k, v in st.items() if v is not None} for st in steps],
             "trace": [_clip_step(st.to_dict()) for st in answer.steps],
             **{k: v for k, v in extra.items() if not k.startswith("_")},
         }
