@@ -23,27 +23,11 @@ from typing import Any, Literal
 from personalens.agent.alignment import AlignmentExample
 from personalens.agent.loop import AnswerSpace
 from personalens.data.lamp import LampExample, LampProfileEntry
+from personalens.data.lamp_builders import LAMP2M_TAGS
 from personalens.errors import DataError
 from personalens.evaluation.metrics import accuracy, macro_f1, mae, rmse
 from personalens.store.models import MemoryRecord
 
-LAMP2M_TAGS = (
-    "sci-fi",
-    "based on a book",
-    "comedy",
-    "action",
-    "twist ending",
-    "dystopia",
-    "dark comedy",
-    "classic",
-    "psychology",
-    "fantasy",
-    "romance",
-    "thought-provoking",
-    "social commentary",
-    "violence",
-    "true story",
-)
 LAMP2N_CATEGORIES = (
     "travel",
     "education",
