@@ -345,9 +345,23 @@ def _text_loop(
         run.steps[-1].seconds += elapsed
         searched = searched or step.tool == MEMORY_TOOL
         messages += [assistant(clean), user(OBSERVATION.format(text=obs.text))]
-    if require_search and not searched:
+    return _at_limit(run, messages, tools, space, context, require_search and not searched, search_query)
+
+
+def _at_limit(
+    run: _Run,
+    messages: list[Message],
+    tools: ToolBox,
+    space: AnswerSpace,
+    context: ToolContext,
+    search_first: bool,
+    search_query: str,
+) -> AgentAnswer:
+    """The steps are used up: run the required memory search if the model never did, then ask for the answer with
+    the question restated (either protocol)."""
+    if search_first:
         obs = run.run_tool(tools, MEMORY_TOOL, search_query, context, "forced")
-        messages += [user(FORCED_SEARCH.format(result=obs.text).rsplit("\n", 1)[0])]
+        messages.append(user(FORCED_SEARCH.format(result=obs.text).rsplit("\n", 1)[0]))
     run.steps.append(TraceStep("limit"))
     messages.append(user(STEP_LIMIT.format(question=run.question)))
     return _answer(run, _merge_users(messages), "Final Answer: ", space, from_text=None)
@@ -404,12 +418,7 @@ def _native_loop(
             searched = searched or call.name == MEMORY_TOOL
             messages.append(tool_message(call.id, obs.text))
         del step_no
-    if require_search and not searched:
-        obs = run.run_tool(tools, MEMORY_TOOL, search_query, context, "forced")
-        messages.append(user(FORCED_SEARCH.format(result=obs.text).rsplit("\n", 1)[0]))
-    run.steps.append(TraceStep("limit"))
-    messages.append(user(STEP_LIMIT.format(question=run.question)))
-    return _answer(run, _merge_users(messages), "Final Answer: ", space, from_text=None)
+    return _at_limit(run, messages, tools, space, context, require_search and not searched, search_query)
 
 
 def _call_query(arguments: str) -> tuple[str, str | None]:

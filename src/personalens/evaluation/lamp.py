@@ -43,7 +43,7 @@ from personalens.agent.tools import MemorySearchTool, Tool, ToolBox, WikiLookup,
 from personalens.data.lamp import LampExample, load_lamp
 from personalens.embed.base import Embedder
 from personalens.errors import ConfigError, PersonaLensError
-from personalens.evaluation.lamp_tasks import LampTask, get_task, lamp_metrics
+from personalens.evaluation.lamp_tasks import LampTask, get_task, lamp_metrics, official_rating
 from personalens.evaluation.metrics import paired_bootstrap
 from personalens.llm.base import ChatModel, Usage
 from personalens.store import PersonaStore
@@ -458,8 +458,6 @@ class LampEvaluation:
             **{k: v for k, v in extra.items() if not k.startswith("_")},
         }
         if task.is_rating:
-            from personalens.evaluation.lamp_tasks import official_rating
-
             row["abs_error"] = abs(official_rating(answer.answer if answer.parsed else None, float(gold)) - float(gold))
         else:
             row["correct"] = answer.parsed and answer.answer == gold
@@ -537,11 +535,10 @@ class LampEvaluation:
             align = method not in ("no-alignment",)
             if align and init.method == "agent-init":
                 labels = case.space.labels
-                own_titles = {r.query for r in agent.memory.all()}
+                records = agent.memory.all()
+                own_titles = {r.query for r in records}
                 others = [t for t in other_titles if t not in own_titles][:50]
-                batch = task.alignment_batch(
-                    agent.memory.all(), config.alignment.batch_size, labels, other_titles=others
-                )
+                batch = task.alignment_batch(records, config.alignment.batch_size, labels, other_titles=others)
                 if batch:
                     result = agent.align(batch, space=case.space)
                     used = used + result.usage
