@@ -239,6 +239,29 @@ def test_changed_settings_make_new_rows_and_the_report_uses_only_current_ones(tm
     assert json.loads(write_lamp_report(out)["json"].read_text())["examples"] == 2
 
 
+def test_a_persona_reused_from_the_store_still_counts_the_requests_that_built_it(tmp_path: Path) -> None:
+    q, o = _write_lamp3(tmp_path, users=2)
+    base = {"data": {"questions": str(q), "outputs": str(o)}, "methods": ["personaagent"]}
+    out = tmp_path / "run"
+    model = _model()
+    LampEvaluation(parse_lamp_config(base), out, model=model, embedder=HashEmbedder()).run()
+    first = {r["example"]: r for r in map(json.loads, (out / "rows.jsonl").read_text().splitlines())}
+    built_with = len(model.calls)
+    # another digest (the loop's step limit) but the same agent variant: the stored, aligned persona is reused
+    changed = {**base, "agent": {"max_steps": 5}}
+    LampEvaluation(parse_lamp_config(changed), out, model=model, embedder=HashEmbedder()).run()
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    second = {r["example"]: r for r in rows if r["digest"] != first["q0"]["digest"]}
+    assert set(second) == {"q0", "q1"}
+    answering = len(model.calls) - built_with
+    assert 0 < answering < built_with / 2  # no semantic memory or alignment this time
+    for ex, row in second.items():
+        assert row["persona_reused"] is True and "persona_reused" not in first[ex]
+        assert "alignment" not in row and row["persona_version"] == first[ex]["persona_version"]
+        assert row["requests"] == first[ex]["requests"] > 6
+        assert row["usage"]["calls"] + row["usage"]["cache_hits"] < row["requests"]
+
+
 def test_failures_are_reported_per_example(tmp_path: Path) -> None:
     q, o = _write_lamp3(tmp_path, users=2)
     data = json.loads(q.read_text())

@@ -25,7 +25,7 @@ from personalens.agent.loop import FREE_TEXT, AgentAnswer, AnswerSpace, LoopConf
 from personalens.agent.memory import EpisodicMemory, summarise_memory
 from personalens.agent.tools import MemorySearchTool, Tool, ToolBox, ToolContext, WikiLookup, WikipediaTool
 from personalens.embed.base import Embedder
-from personalens.llm.base import ChatModel
+from personalens.llm.base import ChatModel, Usage
 from personalens.llm.usage import Budget, UsageMeter
 from personalens.store.base import PersonaStoreProtocol
 from personalens.store.models import Persona, PersonaSet, config_hash
@@ -131,6 +131,24 @@ class PersonaAgent:
                     p = found.personas[0]
                     return AgentPersona(p.text, found.version, found.method, dict(p.meta))
         return None
+
+    def recorded_usage(self, version: int) -> Usage:
+        """The LLM usage recorded in the meta of ``version`` and its agent ancestors back to their ``agent-init``:
+        what building that persona cost (semantic memory plus the alignment iterations that changed it). Used to
+        account for a persona that is reused from the store instead of being built again."""
+        total = Usage()
+        current: int | None = version
+        seen: set[int] = set()
+        while current is not None and current not in seen:
+            seen.add(current)
+            found = self.store.get(self.user_id, current)
+            if found is None or found.method not in AGENT_METHODS or not found.personas:
+                break
+            total = total + Usage.from_dict(found.personas[0].meta.get("usage"))
+            if found.method == "agent-init":
+                break
+            current = found.parent_version
+        return total
 
     def _make_current(self) -> bool:
         current = self.store.current(self.user_id)

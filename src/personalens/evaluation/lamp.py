@@ -452,7 +452,7 @@ class LampEvaluation:
             "invalid_steps": sum(1 for s in answer.steps if s.kind == "invalid"),
             "steps": len(answer.steps),
             "memories": [h.record.memory_id for h in answer.memory_hits],
-            "requests": usage.calls + usage.cache_hits,
+            "requests": usage.calls + usage.cache_hits + int(extra.get("_reused_requests", 0)),
             "step_kinds": [{k: v for k, v in st.items() if v is not None} for st in steps],
             "trace": [_clip_step(st.to_dict()) for st in answer.steps],
             **{k: v for k, v in extra.items() if not k.startswith("_")},
@@ -531,7 +531,13 @@ class LampEvaluation:
             before = agent.persona()
             init = agent.initialise()
             if before is None:
-                used = used + _usage_of(init.meta)
+                used = used + Usage.from_dict(init.meta.get("usage"))
+            else:
+                # a persona kept from an earlier run (another settings digest, a resumed run) is not built again;
+                # the row still counts the requests that built it, so every row of a method has the same meaning
+                reused = agent.recorded_usage(before.version)
+                extra["_reused_requests"] = reused.calls + reused.cache_hits
+                extra["persona_reused"] = True
             align = method not in ("no-alignment",)
             if align and init.method == "agent-init":
                 labels = case.space.labels
@@ -577,14 +583,6 @@ class LampEvaluation:
 
 def _clip_step(step: dict[str, Any], limit: int = 400) -> dict[str, Any]:
     return {k: (v[:limit] + "…" if isinstance(v, str) and len(v) > limit else v) for k, v in step.items()}
-
-
-def _usage_of(meta: Mapping[str, Any]) -> Usage:
-    u = meta.get("usage")
-    if not isinstance(u, Mapping):
-        return Usage()
-    fields = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "calls", "cache_hits", "seconds")
-    return Usage(**{k: u[k] for k in fields if k in u})
 
 
 # ---------------------------------------------------------------- report

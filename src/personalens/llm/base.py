@@ -211,6 +211,15 @@ class Usage:
             self.seconds - other.seconds,
         )
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Usage:
+        """The inverse of :meth:`to_dict`; derived keys (``total_tokens``) and unknown ones are ignored, and
+        anything that is not a mapping (a record written without usage) gives an empty usage."""
+        if not isinstance(data, Mapping):
+            return cls()
+        names = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "calls", "cache_hits", "seconds")
+        return cls(**{k: data[k] for k in names if k in data})
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["total_tokens"] = self.total_tokens
