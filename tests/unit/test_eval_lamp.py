@@ -18,6 +18,7 @@ from personalens.evaluation.lamp import (
     LampEvaluation,
     parse_lamp_config,
     scaling_overrides,
+    scaling_points,
     select_examples,
     write_lamp_report,
 )
@@ -348,3 +349,68 @@ def test_react_reads_the_offline_encyclopedia_through_the_loopback_server(tmp_pa
     assert row["tools"] == ["wikipedia"] and row["requests"] >= 2
     rows_text = (tmp_path / "run" / "rows.jsonl").read_text()
     assert "science fiction" not in rows_text and "Film 1" not in rows_text  # the rows quote no data
+
+
+def test_scaling_report_puts_each_axis_in_order_around_the_default_with_its_change(tmp_path: Path) -> None:
+    """Hand-written rows with known errors: the table and the figure follow n, E and k in order, the default run is
+    the point at n = 3 / E = 1 / k = 4, and Δ is the variant minus the default."""
+    errors = {  # absolute errors on three examples
+        "personaagent": [1.0, 0.0, 1.0],
+        "personaagent[n=1]": [1.0, 1.0, 1.0],
+        "personaagent[n=5]": [0.0, 0.0, 1.0],
+        "personaagent[E=2]": [1.0, 0.0, 0.0],
+        "personaagent[k=8]": [0.0, 0.0, 0.0],
+        "personaagent[n=5,k=8]": [1.0, 0.0, 1.0],
+    }
+    rows = [
+        {
+            "method": m,
+            "example": f"q{i}",
+            "digest": "d",
+            "gold": "4",
+            "pred": str(4 + int(err)),
+            "parsed": True,
+            "abs_error": err,
+            "usage": {"calls": 2, "cache_hits": 0, "total_tokens": 10},
+            "seconds": 1.0,
+        }
+        for m, errs in errors.items()
+        for i, err in enumerate(errs)
+    ]
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {
+        "name": "scaling",
+        "task": "LaMP-3",
+        "methods_all": list(errors),
+        "batch_size": 3,
+        "iterations": 1,
+        "k": 4,
+    }
+    (out / "config.json").write_text(json.dumps(config))
+    paths = write_lamp_report(out)
+    summary = json.loads(paths["json"].read_text())
+    series = scaling_points(summary, config)
+    assert [(p["value"], p["method"]) for p in series["n"]] == [
+        (1, "personaagent[n=1]"),
+        (3, "personaagent"),
+        (5, "personaagent[n=5]"),
+    ]
+    assert [p["value"] for p in series["E"]] == [1, 2] and [p["value"] for p in series["k"]] == [4, 8]
+    assert series["k"][1]["metrics"]["mae"] == 0.0 and series["n"][1]["vs_default"] is None
+    se = summary["methods"]["personaagent"]["primary_se"]
+    assert se == pytest.approx((1 / 3) ** 0.5 / 3**0.5)  # sample sd of (1, 0, 1) over √3
+    report = paths["markdown"].read_text()
+    assert "| n = 3 (default) | 0.667 |" in report
+    assert "-0.000" not in report
+    assert "| n = 1 | 1.000 |" in report and "| +0.333 |" in report.split("| n = 1 |")[1].splitlines()[0]
+    assert "| k = 8 | 0.000 |" in report and "| -0.667 |" in report.split("| k = 8 |")[1].splitlines()[0]
+    assert "| [n=5,k=8] | 0.667 |" in report  # a combined setting is listed but belongs to no axis
+    lines = [line for line in report.splitlines() if line.startswith("| n = ") or line.startswith("| E = ")]
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    if "scaling_plot" in paths:  # matplotlib installed
+        assert (
+            paths["scaling_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            and "![test-time scaling](scaling.png)" in report
+        )

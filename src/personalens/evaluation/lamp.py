@@ -650,8 +650,10 @@ def summarise_rows(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any])
             "seconds_per_example": seconds,
             "forced_search_share": sum(1 for r in rs if r.get("forced_search")) / len(rs),
         }
+        key = "abs_error" if task.is_rating else "correct"
+        per_example = [float(r[key]) for r in rs]
+        entry["primary_se"] = _standard_error(per_example)
         if ref is not None and m != ref:
-            key = "abs_error" if task.is_rating else "correct"
             a = [float(by_method[ref][e][key]) for e in examples]
             b = [float(by_method[m][e][key]) for e in examples]
             if len(a) >= 2:
@@ -660,11 +662,125 @@ def summarise_rows(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any])
     return out
 
 
+def _standard_error(values: Sequence[float]) -> float | None:
+    """Standard error of the mean of ``values`` (sample standard deviation / √n); None below two values."""
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return math.sqrt(var / len(values))
+
+
+SCALING_AXES = (
+    ("n", "batch_size", "alignment batch n"),
+    ("E", "iterations", "alignment iterations E"),
+    ("k", "k", "retrieved memories k"),
+)
+
+
+def scaling_points(summary: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The scaling study as one series per axis (``"n"``, ``"E"``, ``"k"``): points sorted by the setting, each
+    ``{"value", "method", "metrics", "primary_se", "vs_default"}``. PersonaAgent with the run's own settings is the
+    point at the default value of every axis (``vs_default`` is None there). Only single-axis variants count
+    (``personaagent[n=5]``, not ``personaagent[n=5,E=2]``); an axis without variants is left out."""
+    methods: Mapping[str, Any] = summary.get("methods") or {}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for axis, field_name, _ in SCALING_AXES:
+        points = []
+        for m, entry in methods.items():
+            match = _SCALING.match(m)
+            if not match:
+                continue
+            overrides = scaling_overrides(match.group(1))
+            if list(overrides) != [field_name]:
+                continue
+            points.append(
+                {
+                    "value": overrides[field_name],
+                    "method": m,
+                    "metrics": entry["metrics"],
+                    "primary_se": entry.get("primary_se"),
+                    "vs_default": entry.get("vs_personaagent"),
+                }
+            )
+        if not points:
+            continue
+        default = methods.get("personaagent")
+        default_value = config.get(field_name)
+        if default is not None and isinstance(default_value, int):
+            if all(p["value"] != default_value for p in points):
+                points.append(
+                    {
+                        "value": default_value,
+                        "method": "personaagent",
+                        "metrics": default["metrics"],
+                        "primary_se": default.get("primary_se"),
+                        "vs_default": None,
+                    }
+                )
+        out[axis] = sorted(points, key=lambda p: p["value"])
+    return out
+
+
+def plot_lamp_scaling(summary: Mapping[str, Any], config: Mapping[str, Any], path: str | Path) -> Path | None:
+    """The paper's Figure 3 layout: one panel per scaling axis (n, E, k), the setting on x and each metric of the
+    task (MAE and RMSE, or accuracy and F1) on y, the main metric with ± one standard error, the run's default
+    setting marked. Writes a PNG at ``path``; returns None when matplotlib is missing or nothing was scaled."""
+    series = scaling_points(summary, config)
+    if not series:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    task = get_task(str(summary["task"]))
+    keys = ("mae", "rmse") if task.is_rating else ("accuracy", "f1")
+    names = {"mae": "MAE (lower is better)", "rmse": "RMSE", "accuracy": "accuracy (higher is better)", "f1": "F1"}
+    titles = {axis: title for axis, _, title in SCALING_AXES}
+    fields = {axis: field_name for axis, field_name, _ in SCALING_AXES}
+    fig, axes = plt.subplots(
+        1, len(series), figsize=(0.6 + 4.0 * len(series), 3.6), layout="constrained", squeeze=False
+    )
+    try:
+        for ax, (axis, points) in zip(axes[0], series.items(), strict=True):
+            xs = [p["value"] for p in points]
+            main = [p["metrics"].get(keys[0]) for p in points]
+            errs = [p["primary_se"] or 0.0 for p in points]
+            ax.errorbar(xs, main, yerr=errs, marker="o", capsize=3, color="tab:blue", label=f"{names[keys[0]]} ± 1 SE")
+            ax.plot(
+                xs, [p["metrics"].get(keys[1]) for p in points], marker="s", color="tab:orange", label=names[keys[1]]
+            )
+            default = config.get(fields[axis])
+            if default in xs:
+                ax.axvline(default, color="grey", linestyle=":", linewidth=1)
+            ax.set_xticks(xs)
+            ax.set_xlabel(titles[axis])
+            ax.grid(True, alpha=0.3)
+        axes[0][0].legend(fontsize="small")
+        fig.suptitle(f"PersonaAgent test-time scaling, {task.name} ({summary['examples']} examples; dotted: default)")
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format="png", dpi=120)
+        tmp.replace(path)
+        return path
+    finally:
+        plt.close(fig)
+
+
+def _neg(x: float) -> str:
+    """``-x`` signed to three decimals, without a negative zero."""
+    return f"{-x + 0.0:+.3f}"
+
+
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def render_lamp_report(summary: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+def render_lamp_report(summary: Mapping[str, Any], config: Mapping[str, Any], *, plot: str | None = None) -> str:
+    """The report in Markdown; ``plot`` is the scaling figure's path relative to the report, when one was drawn."""
     task = get_task(str(summary["task"]))
     methods: dict[str, Any] = summary["methods"]
     keys = ("mae", "rmse") if task.is_rating else ("accuracy", "f1")
@@ -708,15 +824,49 @@ def render_lamp_report(summary: Mapping[str, Any], config: Mapping[str, Any]) ->
         lines.append("")
     scaling = [m for m in methods if _SCALING.match(m)]
     if scaling:
-        lines += ["## Test-time scaling (n = alignment batch, E = iterations, k = memories)", ""]
-        lines.append("| Setting | " + " | ".join(arrows[k] for k in keys) + " | requests / example |")
-        lines.append("|---|" + "---:|" * (len(keys) + 1))
+        lines += [
+            "## Test-time scaling (n = alignment batch, E = iterations, k = memories)",
+            "",
+            "One setting changed at a time; the other settings and the unmarked row are the run's defaults "
+            f"(n = {config.get('batch_size')}, E = {config.get('iterations')}, k = {config.get('k')}). "
+            "Δ is the change against the default (paired bootstrap over examples).",
+            "",
+        ]
+        if plot is not None:
+            lines += [f"![test-time scaling]({plot})", ""]
+        lines.append(
+            "| Setting | "
+            + " | ".join(arrows[k] for k in keys)
+            + f" | Δ {arrows[keys[0]].split()[0]} vs default | 95 % CI | p | requests / example |"
+        )
+        lines.append("|---|" + "---:|" * len(keys) + "---:|---|---:|---:|")
+        in_series = set()
+        for axis, points in scaling_points(summary, config).items():
+            for p in points:
+                in_series.add(p["method"])
+                e = methods[p["method"]]
+                c = p["vs_default"]
+                # vs_personaagent is PersonaAgent minus the variant; the table shows the variant minus the default
+                delta = (
+                    ["", "", ""]
+                    if c is None
+                    else [
+                        _neg(c["mean_diff"]),
+                        f"[{_neg(c['ci_high'])}, {_neg(c['ci_low'])}]",
+                        f"{c['p_value']:.3f}",
+                    ]
+                )
+                label = f"{axis} = {p['value']}" + (" (default)" if c is None else "")
+                cells = [label, *(_fmt(p["metrics"].get(k)) for k in keys), *delta, f"{e['calls_per_example']:.1f}"]
+                lines.append("| " + " | ".join(cells) + " |")
         for m in scaling:
+            if m in in_series:
+                continue
             e = methods[m]
             lines.append(
                 f"| {m[len('personaagent') :]} | "
                 + " | ".join(_fmt(e["metrics"].get(k)) for k in keys)
-                + f" | {e['calls_per_example']:.1f} |"
+                + f" | | | | {e['calls_per_example']:.1f} |"
             )
         lines.append("")
     compared = [m for m in methods if "vs_personaagent" in methods[m]]
@@ -762,5 +912,12 @@ def write_lamp_report(out_dir: str | Path) -> dict[str, Path]:
     summary = summarise_rows(rows, config)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     md = out / "report.md"
-    md.write_text(render_lamp_report(summary, config) if summary.get("methods") else "# No finished rows yet\n")
-    return {"markdown": md, "json": out / "summary.json"}
+    paths = {"markdown": md, "json": out / "summary.json"}
+    if not summary.get("methods"):
+        md.write_text("# No finished rows yet\n")
+        return paths
+    plot = plot_lamp_scaling(summary, config, out / "scaling.png")
+    if plot is not None:
+        paths["scaling_plot"] = plot
+    md.write_text(render_lamp_report(summary, config, plot=None if plot is None else plot.name))
+    return paths
