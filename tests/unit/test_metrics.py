@@ -18,6 +18,7 @@ from personalens.evaluation.metrics import (
     ranks,
     rmse,
     roc_auc,
+    standard_error,
 )
 
 
@@ -417,3 +418,9 @@ def test_ranking_metrics_match_trec_eval():
             # trec_eval's map_cut_k divides by |rel|, ours (RecBole) by min(k, |rel|): compare the sums
             n_rel = n_rel_of[qid]
             assert got[f"map@{k}"] * min(k, n_rel) == pytest.approx(r[f"AP@{k}"] * n_rel, abs=1e-9), (qid, k)
+
+
+def test_standard_error_is_none_rather_than_nan_below_two_values():
+    assert standard_error([]) is None and standard_error([0.5]) is None
+    assert standard_error([1.0, 0.0, 1.0]) == pytest.approx(metric_summary([1.0, 0.0, 1.0])["stderr"])
+    assert standard_error([2.0, 4.0]) == pytest.approx(1.0)  # sd √2 over √2

@@ -44,7 +44,7 @@ from personalens.data.lamp import LampExample, load_lamp
 from personalens.embed.base import Embedder
 from personalens.errors import ConfigError, PersonaLensError
 from personalens.evaluation.lamp_tasks import LampTask, get_task, lamp_metrics, official_rating
-from personalens.evaluation.metrics import paired_bootstrap
+from personalens.evaluation.metrics import paired_bootstrap, standard_error
 from personalens.llm.base import ChatModel, Usage
 from personalens.store import PersonaStore
 
@@ -652,7 +652,7 @@ def summarise_rows(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any])
         }
         key = "abs_error" if task.is_rating else "correct"
         per_example = [float(r[key]) for r in rs]
-        entry["primary_se"] = _standard_error(per_example)
+        entry["primary_se"] = standard_error(per_example)
         if ref is not None and m != ref:
             a = [float(by_method[ref][e][key]) for e in examples]
             b = [float(by_method[m][e][key]) for e in examples]
@@ -660,15 +660,6 @@ def summarise_rows(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any])
                 entry["vs_personaagent"] = paired_bootstrap(a, b, seed=0)
         out["methods"][m] = entry
     return out
-
-
-def _standard_error(values: Sequence[float]) -> float | None:
-    """Standard error of the mean of ``values`` (sample standard deviation / √n); None below two values."""
-    if len(values) < 2:
-        return None
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return math.sqrt(var / len(values))
 
 
 SCALING_AXES = (

@@ -287,6 +287,13 @@ def metric_summary(values: Sequence[float]) -> MetricSummary:
     return {"mean": mean, "stderr": stderr, "n": n}
 
 
+def standard_error(values: Sequence[float]) -> float | None:
+    """``metric_summary``'s standard error, or None (not NaN, which JSON cannot hold) below two values."""
+    if len(values) < 2:
+        return None
+    return metric_summary(values)["stderr"]
+
+
 def paired_bootstrap(
     a: Sequence[float],
     b: Sequence[float],

@@ -44,6 +44,7 @@ import numpy as np
 from personalens._files import read_jsonl_rows
 from personalens.data.deeper import load_deeper_iterations
 from personalens.errors import ConfigError, PersonaLensError
+from personalens.evaluation.metrics import standard_error
 from personalens.llm.base import ChatModel, Usage
 from personalens.refinement.loop import (
     DynamicRefiner,
@@ -242,11 +243,6 @@ def read_dynamic_rows(path: Path) -> list[dict[str, Any]]:
     return read_jsonl_rows(path)[0]
 
 
-def _standard_error(values: list[float]) -> float | None:
-    """The standard error of the mean of paired per-user differences (None with fewer than two users)."""
-    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
-
-
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Future-window MAE per round (round 0: S0 on W1), the round-1 error table, persona length per round, and the
     relative change of future MAE from round 0 to the last round, per domain and method, over the users that
@@ -282,7 +278,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "users": len(rs),
             "future_mae_by_round": future,
             "change_pct": 100.0 * (future[-1] - future[0]) / future[0] if future[0] else None,
-            "change_se": _standard_error(
+            "change_se": standard_error(
                 [r["rounds"][n_rounds - 1]["mae_after"]["future"] - r["initial_error"] for r in rs]
             )
             if n_rounds
