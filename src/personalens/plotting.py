@@ -1,15 +1,30 @@
 """Pictures of a PersonaX selection, like the paper's Figures 1 and 5: the user's behaviours in 2-D, their clusters,
-the centroids, which behaviours were selected, and the budget each cluster received."""
+the centroids, which behaviours were selected, and the budget each cluster received. :func:`save_png` writes every
+figure of the project."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from personalens.errors import BackendUnavailable
 from personalens.selection import Selection
+
+
+def save_png(fig: Any, path: Path) -> Path:
+    """Save ``fig`` as PNG next to ``path`` and rename it into place, so a killed run never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def project_2d(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -727,6 +727,8 @@ def plot_lamp_scaling(summary: Mapping[str, Any], config: Mapping[str, Any], pat
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    from personalens.plotting import save_png
+
     task = get_task(str(summary["task"]))
     keys = ("mae", "rmse") if task.is_rating else ("accuracy", "f1")
     names = {"mae": "MAE (lower is better)", "rmse": "RMSE", "accuracy": "accuracy (higher is better)", "f1": "F1"}
@@ -752,11 +754,7 @@ def plot_lamp_scaling(summary: Mapping[str, Any], config: Mapping[str, Any], pat
             ax.grid(True, alpha=0.3)
         axes[0][0].legend(fontsize="small")
         fig.suptitle(f"PersonaAgent test-time scaling, {task.name} ({summary['examples']} examples; dotted: default)")
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format="png", dpi=120)
-        tmp.replace(path)
-        return path
+        return save_png(fig, Path(path))
     finally:
         plt.close(fig)
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +45,7 @@ from personalens.data.deeper import load_deeper_iterations
 from personalens.errors import ConfigError, PersonaLensError
 from personalens.evaluation.metrics import standard_error
 from personalens.llm.base import ChatModel, Usage
+from personalens.plotting import save_png
 from personalens.refinement.loop import (
     DynamicRefiner,
     Predictor,
@@ -386,18 +386,6 @@ def _user_counts(summary: Mapping[str, Mapping[str, Any]], method: str) -> str:
     return f"n={counts[0]}" if len(counts) == 1 else f"n={counts[0]}–{counts[-1]}"
 
 
-def _save_png(fig: Any, path: Path) -> Path:
-    """Save ``fig`` as PNG next to ``path`` and rename it into place, so a killed run never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def _plot_per_domain(
     plt: Any, summary: Mapping[str, Mapping[str, Any]], key: str, ylabel: str, title: str, path: Path
 ) -> Path:
@@ -439,7 +427,7 @@ def _plot_per_domain(
         ]
         fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize="small")
         fig.suptitle(title)
-        return _save_png(fig, path)
+        return save_png(fig, path)
     finally:
         plt.close(fig)
 
