@@ -45,7 +45,6 @@ from personalens.data.deeper import load_deeper_iterations
 from personalens.errors import ConfigError, PersonaLensError
 from personalens.evaluation.metrics import standard_error
 from personalens.llm.base import ChatModel, Usage
-from personalens.plotting import save_png
 from personalens.refinement.loop import (
     DynamicRefiner,
     Predictor,
@@ -427,6 +426,8 @@ def _plot_per_domain(
         ]
         fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize="small")
         fig.suptitle(title)
+        from personalens.plotting import save_png  # not at the top: it loads the selection package
+
         return save_png(fig, path)
     finally:
         plt.close(fig)
