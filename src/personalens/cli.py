@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from personalens.errors import PersonaLensError
 
@@ -39,8 +40,10 @@ app.add_typer(eval_app, name="eval")
 agent_app = typer.Typer(help="PersonaAgent: episodic memories, chat, test-time alignment.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 
-out = Console()
-err = Console(stderr=True)
+# Nothing printed is read as Rich markup: personas, memories, file names and error messages carry brackets
+# ("[/INST]", "personalens[train]") that markup would drop or fail on; styles are given as Text parts instead.
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 
 class _State:
@@ -84,7 +87,7 @@ def _emit(data: Any) -> None:
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -147,19 +150,25 @@ def demo(
         return
     summary = report.to_json()
     out.print(
-        f"[bold]PersonaX build[/] on {dataset.name}: {summary['built']} users built, {summary['cached']} served from "
-        f"{store_file}, {summary['failed']} failed; {summary['personas']} personas; {report.usage.describe()}"
+        Text.assemble(
+            ("PersonaX build", "bold"),
+            f" on {dataset.name}: {summary['built']} users built, {summary['cached']} served from "
+            f"{store_file}, {summary['failed']} failed; {summary['personas']} personas; {report.usage.describe()}",
+        )
     )
     for r in rows:
         out.print(
-            f"\n[bold]user {r.user_id}[/] ({r.n_personas} personas) — held-out target: {r.target_title} "
-            f"(rated {r.actual:g})"
+            Text.assemble(
+                "\n",
+                (f"user {r.user_id}", "bold"),
+                f" ({r.n_personas} personas) — held-out target: {r.target_title} (rated {r.actual:g})",
+            )
         )
         out.print(f"retrieved cluster {r.cluster} (cosine {r.cosine:.3f}), no LLM call:", style="dim")
         out.print(r.persona, soft_wrap=True)
         out.print(f"predicted rating from this persona: {r.predicted:.2f}")
     for user_id, error in summary["failures"].items():
-        err.print(f"[red]user {user_id}:[/] {error}")
+        err.print(Text.assemble((f"user {user_id}:", "red"), f" {error}"), soft_wrap=True)
     out.print(
         f"\nnext: personalens personas {rows[0].user_id if rows else 'USER'} --store {store_file} | "
         f"personalens plot USER --data ... --store {store_file}",
@@ -200,12 +209,14 @@ def predict(
         _emit(result.to_json() | {"model": model.model_id})
         return
     out.print(
-        f"[bold]User {result.user_id}[/] — persona from {min(result.history_size, max_history)} ratings "
-        f"({model.model_id}):"
+        Text.assemble(
+            (f"User {result.user_id}", "bold"),
+            f" — persona from {min(result.history_size, max_history)} ratings ({model.model_id}):",
+        )
     )
     out.print(result.persona.text, soft_wrap=True)
     if result.persona.leaked_titles:
-        out.print(f"[yellow]note: the persona names {len(result.persona.leaked_titles)} history titles[/]")
+        out.print(f"note: the persona names {len(result.persona.leaked_titles)} history titles", style="yellow")
     table = Table("held-out item", "actual", "predicted (expected rating)")
     for title, actual, predicted in result.predictions:
         table.add_row(title, f"{actual:g}", f"{predicted:.2f}")
@@ -235,7 +246,7 @@ def chat(
         _emit({"text": result.text, "usage": model.total.to_dict(), "model": model.model_id})
     else:
         out.print(result.text, soft_wrap=True)
-        err.print(f"[dim]{model.model_id}: {model.total.describe()}[/]")
+        err.print(f"{model.model_id}: {model.total.describe()}", style="dim")
 
 
 @app.command()
@@ -347,7 +358,7 @@ def serve(
         str | None, typer.Option(help="MediaWiki base URL for the chat agent's encyclopedia tool (off by default).")
     ] = None,
 ) -> None:
-    """Run the HTTP service (needs the service extra: pip install 'personalens[service]'). Add a key first with
+    """Run the HTTP service (needs the service extra: pip install 'personalens\\[service]'). Add a key first with
     `personalens service add-key TENANT`; OpenAPI at /openapi.json, a local docs page at /docs, the persona explorer
     at /explorer."""
     try:
@@ -369,7 +380,11 @@ def serve(
         wikipedia_url=wikipedia_url,
     )
     if not config.keys_path.exists():
-        err.print(f"[yellow]no keys file at {config.keys_path}:[/] add one with `personalens service add-key TENANT`")
+        err.print(
+            Text.assemble(
+                (f"no keys file at {config.keys_path}:", "yellow"), " add one with `personalens service add-key TENANT`"
+            )
+        )
     uvicorn.run(create_app(config), host=host, port=port, log_level=log_level)
 
 
@@ -388,7 +403,7 @@ def service_add_key(
         _emit({"tenant": tenant, "key": key, "keys_file": str(path)})
     else:
         out.print(key, soft_wrap=True)
-        err.print(f"[dim]key for tenant {tenant} (shown only now; its hash is in {path})[/]")
+        err.print(f"key for tenant {tenant} (shown only now; its hash is in {path})", style="dim")
 
 
 def _store(location: str | None = None) -> PersonaStoreProtocol:
@@ -550,9 +565,9 @@ def build(
     )
     out.print(f"usage: {report.usage.describe()}; wall time {report.seconds:.1f} s (run {report.run_id})")
     for user_id, error in summary["failures"].items():
-        err.print(f"[red]user {user_id}:[/] {error}")
+        err.print(Text.assemble((f"user {user_id}:", "red"), f" {error}"), soft_wrap=True)
     if report.stopped:
-        err.print(f"[yellow]stopped early:[/] {report.stopped}; run again to continue")
+        err.print(Text.assemble(("stopped early:", "yellow"), f" {report.stopped}; run again to continue"))
 
 
 def _refine_users(
@@ -570,7 +585,7 @@ def _refine_users(
         report = LoadReport()
         rounds = load_deeper_iterations(deeper, strict=not lenient, report=report)
         for kind, count in sorted(report.counts.items()):
-            err.print(f"[yellow]{deeper}: skipped or noted {count} × {kind}[/]")
+            err.print(f"{deeper}: skipped or noted {count} × {kind}", style="yellow")
         return windows_from_deeper(rounds)
     dataset = _dataset(data, fmt)
     out = []
@@ -687,9 +702,9 @@ def refine(
     )
     out.print(f"usage: {report.usage.describe()}; wall time {report.seconds:.1f} s (run {report.run_id})")
     for user_id, error in summary["failures"].items():
-        err.print(f"[red]user {user_id}:[/] {error}")
+        err.print(Text.assemble((f"user {user_id}:", "red"), f" {error}"), soft_wrap=True)
     if report.stopped:
-        err.print(f"[yellow]stopped early:[/] {report.stopped}; run again to continue")
+        err.print(Text.assemble(("stopped early:", "yellow"), f" {report.stopped}; run again to continue"))
 
 
 @app.command()
@@ -776,11 +791,17 @@ def personas(
             )
             return
         out.print(
-            f"[bold]user {s.user_id}[/], version {s.version} ({s.method}, {len(s.personas)} personas, "
-            f"config {s.config_hash[:12]})"
+            Text.assemble(
+                (f"user {s.user_id}", "bold"),
+                f", version {s.version} ({s.method}, {len(s.personas)} personas, config {s.config_hash[:12]})",
+            )
         )
         for p in s.personas:
-            out.print(f"\n[bold]cluster {p.cluster}[/] — {p.cluster_size} behaviours, {p.budget} selected")
+            out.print(
+                Text.assemble(
+                    "\n", (f"cluster {p.cluster}", "bold"), f" — {p.cluster_size} behaviours, {p.budget} selected"
+                )
+            )
             if "mae_before" in p.meta:  # a refinement round: what it changed
                 before, after = p.meta["mae_before"], p.meta["mae_after"]
                 errors = ", ".join(
@@ -806,9 +827,9 @@ def _print_diff(d: Any) -> None:
         if data.get(key):
             out.print(f"{key}: clusters {data[key]}")
     for change in data.get("changed", []):
-        out.print(f"[bold]cluster {change['cluster']}[/] changed ({', '.join(change['fields'])})")
+        out.print(Text.assemble((f"cluster {change['cluster']}", "bold"), f" changed ({', '.join(change['fields'])})"))
         if change.get("text_diff"):
-            out.print(change["text_diff"], markup=False, highlight=False)
+            out.print(change["text_diff"], highlight=False)
     for c in data.get("config", []):
         out.print(f"config {c['key']}: {c['old']!r} → {c['new']!r}")
 
@@ -853,7 +874,11 @@ def retrieve(
         return
     out.print(f"target: {target_text}")
     for r in found:
-        out.print(f"\n[bold]#{r.rank + 1} cluster {r.cluster}[/] (cosine {r.score:.3f}, version {r.version})")
+        out.print(
+            Text.assemble(
+                "\n", (f"#{r.rank + 1} cluster {r.cluster}", "bold"), f" (cosine {r.score:.3f}, version {r.version})"
+            )
+        )
         out.print(r.text, soft_wrap=True)
 
 
@@ -1022,7 +1047,7 @@ def train(
 ) -> None:
     """Train a refiner as DeePer does: contexts → self-sampled candidates with rewards → preference pairs → LoRA
     DPO + SFT → iteration 2 → one-step comparison on held-out users. Resumable: rerun the same command; finished
-    stages are read back. Needs the train extra: pip install 'personalens[train]'."""
+    stages are read back. Needs the train extra: pip install 'personalens\\[train]'."""
     import dataclasses
 
     from personalens.factory import build_chat_model
@@ -1134,9 +1159,14 @@ def eval_run(
         for model in models:
             model.close()
         for user_id, error in summary.failures.items():
-            err.print(f"[red]user {user_id}:[/] {error}")
+            err.print(Text.assemble((f"user {user_id}:", "red"), f" {error}"), soft_wrap=True)
         if summary.skipped_users:
-            err.print(f"[yellow]{len(summary.skipped_users)} users have no ranking task[/] (listed in candidates.json)")
+            err.print(
+                Text.assemble(
+                    (f"{len(summary.skipped_users)} users have no ranking task", "yellow"),
+                    " (listed in candidates.json)",
+                )
+            )
         info = {
             "users": summary.users,
             "rows_written": summary.rows_written,
@@ -1193,7 +1223,7 @@ def eval_dynamic(
             summary = DynamicExperiment(config, target, model=model, on_event=on_event).run()
         model.close()
         for key, error in summary.failures.items():
-            err.print(f"[red]{key}:[/] {error}")
+            err.print(Text.assemble((f"{key}:", "red"), f" {error}"), soft_wrap=True)
         info = {
             "rows_written": summary.rows_written,
             "rows_already_done": summary.rows_skipped,
@@ -1250,7 +1280,7 @@ def eval_lamp(
             summary = run.run()
         model.close()
         for key, error in summary.failures.items():
-            err.print(f"[red]{key}:[/] {error}")
+            err.print(Text.assemble((f"{key}:", "red"), f" {error}"), soft_wrap=True)
         info = {
             "rows_written": summary.rows_written,
             "rows_already_done": summary.rows_skipped,
@@ -1350,7 +1380,7 @@ def agent_chat(
         if persona is None and init:
             persona = agent.initialise()
         if persona is None and not state.json:
-            err.print("[yellow]no agent persona yet for this user (use --init to write one from memory)[/]")
+            err.print("no agent persona yet for this user (use --init to write one from memory)", style="yellow")
         while True:
             text = message
             if text is None:
@@ -1366,12 +1396,12 @@ def agent_chat(
             else:
                 for step in answer.steps:
                     if step.tool:
-                        out.print(f"[cyan]{step.kind}[/] {step.tool}({step.input!r})")
-                        out.print(f"[dim]{(step.observation or '').strip()}[/]")
+                        out.print(Text.assemble((step.kind, "cyan"), f" {step.tool}({step.input!r})"))
+                        out.print((step.observation or "").strip(), style="dim")
                     elif step.kind == "invalid":
-                        out.print(f"[yellow]unreadable step:[/] {step.observation}")
-                out.print(f"[bold]agent>[/] {answer.answer}")
-                out.print(f"[dim]{answer.usage.describe()}[/]")
+                        out.print(Text.assemble(("unreadable step:", "yellow"), f" {step.observation}"))
+                out.print(Text.assemble(("agent>", "bold"), f" {answer.answer}"))
+                out.print(answer.usage.describe(), style="dim")
             if message is not None:
                 break
 
@@ -1410,7 +1440,7 @@ def agent_align(
     for step in result.steps:
         out.print(f"iteration {step.iteration}: {'changed' if step.changed else 'unchanged'} {step.error or ''}")
     out.print(result.persona)
-    out.print(f"[dim]{result.usage.describe()}[/]")
+    out.print(result.usage.describe(), style="dim")
 
 
 def _require_rows(target: Path, report_only: bool) -> None:
@@ -1422,7 +1452,7 @@ def main() -> None:
     try:
         app()
     except PersonaLensError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(Text.assemble(("error:", "red"), f" {exc}"), soft_wrap=True)  # paths stay whole for copying
         sys.exit(2)
 
 

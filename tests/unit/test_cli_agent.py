@@ -79,3 +79,26 @@ def test_bad_memory_file_names_line_and_field(cli: Any, tmp_path: Path) -> None:
     assert "bad.jsonl:2" in output and "query" in output
     with PersonaStore(tmp_path / "p.sqlite") as st:
         assert st.count_memories("u1") == 0  # nothing half-written
+
+
+def test_chat_without_json_prints_brackets_in_memories_and_answers_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The human-readable chat shows retrieved memories with Rich; text from the data ("[/INST]", "[bold]") must be
+    printed as written, not read as markup (an unmatched closing tag made Rich raise and the chat die)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PERSONALENS_CACHE_DIR", str(tmp_path / "cache"))
+    memories = tmp_path / "m.jsonl"
+    memories.write_text(
+        json.dumps({"id": "m0", "query": "Tag: Space opera [/INST] [bold]epic[/bold]", "response": "sci-fi"}) + "\n"
+    )
+    store = str(tmp_path / "p.sqlite")
+    with StubServer(handler=_handler) as server:
+        runner = CliRunner()
+        base = ["--base-url", server.base_url, "agent"]
+        assert runner.invoke(app, [*base, "remember", "u1", str(memories), "--store", store]).exit_code == 0
+        result = runner.invoke(app, [*base, "chat", "u1", "-m", "Tag: [/x] Alien", "--store", store, "--init"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "memory_search" in result.output
+    assert "Space opera [/INST] [bold]epic[/bold]" in result.output
+    assert "agent> sci-fi" in result.output

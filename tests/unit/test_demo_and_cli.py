@@ -107,3 +107,20 @@ def test_cli_score_against_a_loopback_server(tmp_path, monkeypatch):
     data = json.loads(result.output)
     assert data["probabilities"] == pytest.approx({"1": 0.1, "2": 0.9})
     assert data["usage"]["calls"] == 1
+
+
+def test_help_and_errors_print_brackets_as_written(tmp_path, monkeypatch, capsys):
+    """Neither help text nor error messages are read as Rich markup: the extras' names survive, and a path holding
+    an unmatched closing tag is reported instead of crashing the error printer."""
+    import sys
+
+    from personalens.cli import main
+
+    help_text = " ".join(CliRunner().invoke(app, ["train", "--help"]).output.split())
+    assert "pip install 'personalens[train]'" in help_text
+    bad = tmp_path / "no[/such]" / "c[bold].toml"
+    monkeypatch.setattr(sys, "argv", ["personalens", "eval", "lamp", str(bad)])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 2
+    assert f"error: experiment file not found: {bad}" in " ".join(capsys.readouterr().err.split())
