@@ -131,6 +131,64 @@ def test_lamp1_alignment_builds_citation_choices() -> None:
     assert task.alignment_batch(records, 2) == []  # no negatives available
 
 
+def test_history_reference_takes_the_most_frequent_earlier_answer_and_the_latest_on_a_tie() -> None:
+    from personalens.agent.baselines import history_majority
+    from personalens.store.models import MemoryRecord
+
+    tags = get_task("LaMP_2M").space(LampExample("q", "Which tag?", ()))
+    records = [  # listed out of time order on purpose
+        MemoryRecord("a", "m1", "comedy", 300.0),
+        MemoryRecord("b", "m2", "sci-fi", 100.0),
+        MemoryRecord("c", "m3", "Sci-Fi", 200.0),  # matched case-insensitively
+        MemoryRecord("d", "m4", "comedy", 50.0),
+        MemoryRecord("e", "m5", "not a tag", 400.0),  # outside the label set: ignored
+    ]
+    answer = history_majority(records, tags)
+    assert answer.answer == "comedy" and answer.parsed  # 2 comedy vs 2 sci-fi: comedy was given last (t = 300)
+    assert answer.scores == {"comedy": 0.5, "sci-fi": 0.5} and answer.usage.calls == 0
+    assert history_majority(records[1:], tags).answer == "sci-fi"
+    assert not history_majority(records[4:], tags).parsed  # nothing usable: unreadable, not a guess
+    ratings = get_task("LaMP_3").space(LampExample("q", "Score?", ()))
+    rated = [MemoryRecord(str(i), "r", v, float(i)) for i, v in enumerate(["5", "4", "5", "1"])]
+    answer = history_majority(rated, ratings)
+    assert answer.answer == "5" and answer.expectation == pytest.approx(15 / 4)
+    with pytest.raises(ValueError, match="closed answer space"):
+        from personalens.agent.loop import AnswerSpace
+
+        history_majority(rated, AnswerSpace("free"))
+
+
+def test_history_reference_runs_without_the_model_and_is_refused_on_lamp1(tmp_path: Path) -> None:
+    q, o = _write_lamp3(tmp_path, users=2)  # profiles alternate 2 and 5, three each; the last one is a 5
+    config = parse_lamp_config({"data": {"questions": str(q), "outputs": str(o)}, "methods": ["history"]})
+    model = _model()
+    summary = LampEvaluation(config, tmp_path / "run", model=model, embedder=HashEmbedder()).run()
+    assert summary.rows_written == 2 and not model.calls
+    rows = [json.loads(line) for line in (tmp_path / "run" / "rows.jsonl").read_text().splitlines()]
+    assert [(r["pred"], r["expectation"], r["requests"]) for r in rows] == [("5", 3.5, 0), ("5", 3.5, 0)]
+    report = write_lamp_report(tmp_path / "run")["markdown"].read_text()
+    assert "| Metric | History (no LLM) |" in report and "| MAE ↓ | 0.500 |" in report  # golds 4 and 5
+    lamp1 = tmp_path / "lamp1.json"
+    lamp1.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "c0",
+                    "input": 'For an author who has written the paper with the title "A", which reference is related? '
+                    'Just answer with [1] or [2] without explanation. [1]: "B" [2]: "C"',
+                    "profile": [{"id": f"p{i}", "title": f"T{i}", "abstract": "x"} for i in range(5)],
+                }
+            ]
+        )
+    )
+    (tmp_path / "lamp1-out.json").write_text(json.dumps({"task": "LaMP_1", "golds": [{"id": "c0", "output": "[1]"}]}))
+    config = parse_lamp_config(
+        {"data": {"questions": str(lamp1), "outputs": str(tmp_path / "lamp1-out.json")}, "methods": ["history"]}
+    )
+    with pytest.raises(ConfigError, match="LaMP-1"):
+        LampEvaluation(config, tmp_path / "run1", model=model, embedder=HashEmbedder()).run()
+
+
 def test_official_metrics() -> None:
     assert official_rating("4", 5.0) == 4.0
     assert official_rating("five", 5.0) == 1.0 and official_rating(None, 1.0) == 5.0

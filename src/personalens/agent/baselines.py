@@ -8,19 +8,25 @@
 * **MemBank** — a MemoryBank-style memory agent: a user portrait plus memories ranked by similarity weighted with
   a forgetting curve (retention ``exp(-Δt / S)``), no tools.
 
+and one reference without any model: **History** — the answer the user gave most often before, the floor any
+personalised method has to clear.
+
 Each returns an :class:`~personalens.agent.loop.AgentAnswer`, so they are scored exactly like the agent.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from personalens.agent.loop import DEFAULT_LOOP, AgentAnswer, AnswerSpace, LoopConfig, answer_directly, run_agent
 from personalens.agent.memory import EpisodicMemory, MemoryHit
 from personalens.agent.tools import ToolBox, ToolContext, format_hits
-from personalens.llm.base import ChatModel, system, user
+from personalens.llm.base import ChatModel, Usage, system, user
+from personalens.llm.scoring import rating_choices
+from personalens.store.models import MemoryRecord
 
 GENERIC_SYSTEM = "You are a helpful assistant."
 PERSONAL_SYSTEM = "You are a personal assistant. Answer the question the way this particular user would."
@@ -136,3 +142,29 @@ def memory_bank(
     answer = _ask(model, PERSONAL_SYSTEM, body, case, config)
     answer.memory_hits = list(hits)
     return answer
+
+
+def history_majority(records: Sequence[MemoryRecord], space: AnswerSpace) -> AgentAnswer:
+    """No LLM call: the allowed answer the user gave most often in ``records`` (a tie goes to the one given most
+    recently). ``scores`` are the answers' shares of the user's history; on a rating scale the expectation is the
+    mean past rating. Past answers outside the space are ignored; with none left the answer is unreadable."""
+    if space.kind == "free":
+        raise ValueError("the history reference needs a closed answer space (labels or a rating scale)")
+    dated = sorted(enumerate(records), key=lambda ir: (ir[1].timestamp is None, ir[1].timestamp or 0.0, ir[0]))
+    counts: Counter[str] = Counter()
+    latest: dict[str, int] = {}
+    for order, (_, record) in enumerate(dated):
+        label = space.match(record.response)
+        if label is not None:
+            counts[label] += 1
+            latest[label] = order
+    if not counts:
+        return AgentAnswer("", [], Usage(), parsed=False)
+    best = max(counts, key=lambda c: (counts[c], latest[c]))
+    total = sum(counts.values())
+    expectation = None
+    if space.kind == "rating" and space.scale is not None:
+        choices, values, _ = rating_choices(*space.scale)
+        value = dict(zip(choices, values, strict=True))
+        expectation = sum(value[c] * n for c, n in counts.items()) / total
+    return AgentAnswer(best, [], Usage(), {c: n / total for c, n in counts.items()}, expectation)

@@ -7,9 +7,10 @@ episodic memory in a run-local persona store (``agent.sqlite``, which also keeps
 write, alignment feedback included). Rows go to ``rows.jsonl`` keyed by (method, example, settings digest): a rerun
 continues where it stopped, and changing a method's settings makes new rows instead of mixing old ones in.
 
-Method names: ``prompt``, ``icl``, ``rag-K``, ``pag-K``, ``react``, ``membank``, ``personaagent``,
-``no-alignment``, ``no-persona``, ``no-memory``, ``no-action``; a scaling variant is ``personaagent[n=5]``,
-``personaagent[E=2]``, ``personaagent[k=8]`` (or several, ``personaagent[n=5,E=2]``).
+Method names: ``history`` (no LLM: the user's most frequent earlier answer), ``prompt``, ``icl``, ``rag-K``,
+``pag-K``, ``react``, ``membank``, ``personaagent``, ``no-alignment``, ``no-persona``, ``no-memory``, ``no-action``;
+a scaling variant is ``personaagent[n=5]``, ``personaagent[E=2]``, ``personaagent[k=8]`` (or several,
+``personaagent[n=5,E=2]``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from personalens.agent.agent import AgentConfig, PersonaAgent
 from personalens.agent.alignment import AlignmentConfig
 from personalens.agent.baselines import (
     Case,
+    history_majority,
     in_context,
     memory_bank,
     profile_augmented,
@@ -124,7 +126,7 @@ class LampRunConfig:
 
 
 def _check_method(name: str) -> None:
-    if name in ("prompt", "icl", "react", "membank") or name in AGENT_VARIANTS:
+    if name in ("history", "prompt", "icl", "react", "membank") or name in AGENT_VARIANTS:
         return
     if re.fullmatch(r"(rag|pag)-[1-9]\d*", name):
         return
@@ -366,6 +368,10 @@ class LampEvaluation:
         started = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         task, examples, everything = self.load()
+        if task.number == "1" and "history" in self.config.all_methods():
+            raise ConfigError(
+                f"{self.config.source}: 'history' needs past answers from the same label set; LaMP-1 has none"
+            )
         rows_path = self.out_dir / ROWS_FILE
         done = {(r["method"], r["example"], r["digest"]) for r in read_rows(rows_path)}
         methods = self.config.all_methods()
@@ -477,6 +483,8 @@ class LampEvaluation:
         cfg = self.config
         loop = cfg.loop_config()
         case = Case(ex.input, task.space(ex), task.search_query(ex.input))
+        if method == "history":
+            return history_majority(task.memory_records(ex), case.space), {}
         if method == "prompt":
             return prompt_only(self.model, case, config=loop), {}
         if method == "icl":
@@ -588,6 +596,7 @@ def _clip_step(step: dict[str, Any], limit: int = 400) -> dict[str, Any]:
 # ---------------------------------------------------------------- report
 
 LABELS = {
+    "history": "History (no LLM)",
     "prompt": "Prompt",
     "icl": "ICL",
     "react": "ReAct",
@@ -781,7 +790,7 @@ def render_lamp_report(summary: Mapping[str, Any], config: Mapping[str, Any], *,
         f"`{config.get('model', '?')}`. Answers are read from the model's probabilities over the allowed answers.",
         "",
     ]
-    main = [m for m in (*BASELINES, "personaagent") if m in methods] + [
+    main = [m for m in ("history", *BASELINES, "personaagent") if m in methods] + [
         m for m in methods if (m.startswith("rag-") or m.startswith("pag-")) and m not in BASELINES
     ]
     if main:
