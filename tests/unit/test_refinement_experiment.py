@@ -63,12 +63,12 @@ def test_every_method_runs_per_sampled_user_and_a_rerun_skips_them(tmp_path):
     config = _config(tmp_path)
     out = tmp_path / "out"
     summary = DynamicExperiment(config, out, model=_model(), predictor=LevelPredictor()).run()
-    assert summary.rows_written == 2 * 3 and not summary.failures
+    assert summary.rows_written == 2 * 4 and not summary.failures  # 3 methods + the no-LLM reference, per user
     rows = read_dynamic_rows(out / "rows.jsonl")
-    assert {r["method"] for r in rows} == {"refine", "inc_update", "verified-refine"}
+    assert {r["method"] for r in rows} == {"refine", "inc_update", "verified-refine", "history-mean"}
     assert len({r["user"] for r in rows}) == 2 and all(len(r["rounds"]) == 2 for r in rows)
     again = DynamicExperiment(config, out, model=_model(), predictor=LevelPredictor()).run()
-    assert again.rows_written == 0 and again.rows_skipped == 6
+    assert again.rows_written == 0 and again.rows_skipped == 8
     table = summarise(rows)["movielens_20m"]
     keys = {f"{a}_{w}" for a in ("before", "after") for w in ("previous", "current", "future")}
     for entry in table.values():
@@ -86,6 +86,39 @@ def test_config_errors_name_the_key(tmp_path):
     (tmp_path / "bad2.toml").write_text('[data]\nroot = "x"\ndomains = ["d"]\n[refine]\nstrategies = ["rewrite"]\n')
     with pytest.raises(ConfigError, match="unknown strategy"):
         load_dynamic_config(tmp_path / "bad2.toml")
+    (tmp_path / "bad3.toml").write_text('[data]\nroot = "x"\ndomains = ["d"]\n[refine]\nreferences = ["mode"]\n')
+    with pytest.raises(ConfigError, match="references: unknown \\['mode'\\]"):
+        load_dynamic_config(tmp_path / "bad3.toml")
+
+
+def test_history_mean_reference_is_scored_like_a_strategy_without_any_llm_call(tmp_path):
+    """Window j of the toy data rates both items 1 + j: W0 = 1, W1 = 2, W2 = 3, W3 = 4. The reference's "persona"
+    after round t is the mean of W0..Wt, so S0 = 1 (error 1 on W1), S1 = 1.5 (1.5 on W2), S2 = 2 (2 on W3)."""
+    from personalens.refinement.experiment import write_dynamic_report
+
+    config = _config(tmp_path)
+    out = tmp_path / "out"
+    model = _model()
+    DynamicExperiment(config, out, model=model, predictor=LevelPredictor()).run()
+    rows = [r for r in read_dynamic_rows(out / "rows.jsonl") if r["method"] == "history-mean"]
+    assert len(rows) == 2 and all(r["reference"] and r["usage"]["calls"] == 0 and r["initial"] == "" for r in rows)
+    first = rows[0]["rounds"][0]
+    assert first["mae_before"] == {"previous": 0.0, "current": 1.0, "future": 2.0}
+    assert first["mae_after"] == {"previous": 0.5, "current": 0.5, "future": 1.5}
+    assert first["rewards"]["r_fut"] == pytest.approx(0.5) and first["rewards"]["r_total"] == pytest.approx(
+        0.5 - 0.5 + 0.5
+    )
+    assert first["persona_words"] == 0
+    entry = summarise(read_dynamic_rows(out / "rows.jsonl"))["movielens_20m"]["history-mean"]
+    assert entry["future_mae_by_round"] == [1.0, 1.5, 2.0] and entry["change_pct"] == pytest.approx(100.0)
+    assert entry["reference"] and entry["persona_words_by_round"] is None and entry["llm_calls_per_user"] == 0
+    text = write_dynamic_report(out)["markdown"].read_text()
+    assert "| history-mean (no LLM) | 2 | 1.000 | 1.500 | 2.000 |" in text
+    assert "| history-mean" not in text[text.index("### Persona length") :]  # no persona, no length row
+    none = _config(tmp_path / "off", "references = []\n")
+    assert (
+        DynamicExperiment(none, tmp_path / "out2", model=_model(), predictor=LevelPredictor()).run().rows_written == 6
+    )
 
 
 def test_report_shows_the_paper_layouts(tmp_path):

@@ -25,6 +25,11 @@ Example configuration::
     min_words = 200
     max_words = 320
     predictor = "probability"     # or "structured" (remote models without token probabilities)
+    references = ["history-mean"] # rows without any LLM (the default; [] leaves them out)
+
+``history-mean`` predicts every item with the mean of the user's ratings so far (W0..Wt), scored exactly like a
+strategy (:func:`personalens.refinement.loop.history_mean_trace`): the floor a persona has to clear. It is drawn
+dashed in Figure 4 and has no row in Table 2 (it has no text).
 """
 
 from __future__ import annotations
@@ -46,11 +51,14 @@ from personalens.errors import ConfigError, PersonaLensError
 from personalens.evaluation.metrics import standard_error
 from personalens.llm.base import ChatModel, Usage
 from personalens.refinement.loop import (
+    HISTORY_MEAN,
     DynamicRefiner,
     Predictor,
     ProbabilityPredictor,
     RefineConfig,
     StructuredPredictor,
+    UserTrace,
+    history_mean_trace,
 )
 from personalens.refinement.strategies import STRATEGIES, PersonaWriter
 from personalens.refinement.windows import UserWindows, windows_from_deeper
@@ -64,7 +72,8 @@ PLOT_FILES: dict[str, tuple[str, str]] = {
     "table2_plot": (TABLE2_PLOT_FILE, "Persona length in words per round (Table 2 layout)"),
 }
 # Methods in this order (so each keeps its colour and marker in every subplot), any others after them alphabetically.
-METHOD_ORDER = ("refine", "slide_regen", "full_regen", "inc_update", "hier_merge", "verified-refine")
+METHOD_ORDER = ("refine", "slide_regen", "full_regen", "inc_update", "hier_merge", "verified-refine", HISTORY_MEAN)
+REFERENCES = (HISTORY_MEAN,)  # rows computed from the ratings alone, no LLM (refinement.loop.history_mean_trace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,7 @@ class DynamicConfig:
     min_words: int = 200
     max_words: int = 320
     predictor: str = "probability"
+    references: tuple[str, ...] = REFERENCES
     seed: int = 0
     source: str | None = None
 
@@ -105,7 +115,16 @@ def parse_dynamic_config(raw: dict[str, Any], *, source: str = "<config>", base:
 
     allowed = {"name", "seed", "data", "refine"}
     data_keys = {"root", "domains", "users_per_domain", "rounds"}
-    refine_keys = {"strategies", "verified", "candidates", "temperature", "min_words", "max_words", "predictor"}
+    refine_keys = {
+        "strategies",
+        "verified",
+        "candidates",
+        "temperature",
+        "min_words",
+        "max_words",
+        "predictor",
+        "references",
+    }
     check_sections(raw, {"": allowed, "data": data_keys, "refine": refine_keys}, source=source)
     data, refine = raw.get("data", {}), raw.get("refine", {})
     if "root" not in data or not data.get("domains"):
@@ -127,6 +146,9 @@ def parse_dynamic_config(raw: dict[str, Any], *, source: str = "<config>", base:
         config.methods()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    unknown = sorted(set(config.references) - set(REFERENCES))
+    if unknown:
+        raise ConfigError(f"{source}: [refine] references: unknown {unknown}; choose from {list(REFERENCES)}")
     if config.predictor not in ("probability", "structured"):
         raise ConfigError(f"{source}: [refine] predictor must be probability or structured")
     if config.rounds < 1 or config.users_per_domain < 1:
@@ -188,7 +210,7 @@ class DynamicExperiment:
         done = {(r["domain"], r["user"], r["method"]) for r in read_dynamic_rows(rows_path)}
         summary = DynamicSummary()
         by_domain = self.users()
-        total = sum(len(v) for v in by_domain.values()) * len(self.config.methods())
+        total = sum(len(v) for v in by_domain.values()) * (len(self.config.methods()) + len(self.config.references))
         self.on_event("start", {"runs": total})
         # users interleaved across domains (the first of each domain, then the second, ...), so a run stopped part
         # way has covered every domain evenly
@@ -196,6 +218,16 @@ class DynamicExperiment:
         order = [(d, us[i]) for i in range(width) for d, us in by_domain.items() if i < len(us)]
         with rows_path.open("a", encoding="utf-8") as sink:
             for domain, user in order:
+                for reference in self.config.references:  # no LLM: instant, so every user has it
+                    if (domain, user.user_id, reference) in done:
+                        summary.rows_skipped += 1
+                    else:
+                        trace = history_mean_trace(user, rounds=self.config.rounds)
+                        row = _row(domain, reference, {"reference": reference}, trace, 0.0)
+                        sink.write(json.dumps(row | {"reference": True}) + "\n")
+                        sink.flush()
+                        summary.rows_written += 1
+                    self.on_event("run", {"domain": domain, "user": user.user_id, "method": reference})
                 for method in self.config.methods():
                     key = (domain, user.user_id, method.label)
                     if key in done:
@@ -217,17 +249,7 @@ class DynamicExperiment:
                         summary.failures["/".join(key)] = str(exc)
                         self.on_event("failed", {"domain": domain, "user": user.user_id, "error": str(exc)})
                         continue
-                    row = {
-                        "domain": domain,
-                        "user": user.user_id,
-                        "method": method.label,
-                        "config": refiner.describe(),
-                        "initial": trace.initial,
-                        "initial_error": trace.initial_error,
-                        "rounds": [r.to_dict() for r in trace.rounds],
-                        "usage": trace.usage.to_dict(),
-                        "seconds": round(time.perf_counter() - t0, 2),
-                    }
+                    row = _row(domain, method.label, refiner.describe(), trace, time.perf_counter() - t0)
                     sink.write(json.dumps(row) + "\n")
                     sink.flush()
                     summary.rows_written += 1
@@ -235,6 +257,20 @@ class DynamicExperiment:
                     self.on_event("run", {"domain": domain, "user": user.user_id, "method": method.label})
         summary.seconds = time.perf_counter() - started
         return summary
+
+
+def _row(domain: str, method: str, config: dict[str, Any], trace: UserTrace, seconds: float) -> dict[str, Any]:
+    return {
+        "domain": domain,
+        "user": trace.user_id,
+        "method": method,
+        "config": config,
+        "initial": trace.initial,
+        "initial_error": trace.initial_error,
+        "rounds": [r.to_dict() for r in trace.rounds],
+        "usage": trace.usage.to_dict(),
+        "seconds": round(seconds, 2),
+    }
 
 
 def read_dynamic_rows(path: Path) -> list[dict[str, Any]]:
@@ -273,8 +309,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for w in ("previous", "current", "future")
         }
         committed = [x["committed"] for r in rs for x in r["rounds"][:n_rounds]]
+        reference = any(r.get("reference") for r in rs)
         out.setdefault(domain, {})[method] = {
             "users": len(rs),
+            "reference": reference,
             "future_mae_by_round": future,
             "change_pct": 100.0 * (future[-1] - future[0]) / future[0] if future[0] else None,
             "change_se": standard_error(
@@ -283,7 +321,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             if n_rounds
             else None,
             "round1": table1,
-            "persona_words_by_round": words,
+            "persona_words_by_round": None if reference else words,
             "committed_share": sum(committed) / len(committed) if committed else None,
             "llm_calls_per_user": statistics.fmean(r["usage"]["calls"] for r in rs),
             "tokens_per_user": statistics.fmean(r["usage"]["total_tokens"] for r in rs),
@@ -340,7 +378,7 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
             if m.get("change_se") is not None:
                 change += f" (± {m['change_se']:.3f} MAE)"
             share = f"{100 * m['committed_share']:.0f}%" if m["committed_share"] is not None else ""
-            lines.append(f"| {method} | {m['users']} | {cells} | {change} | {share} |")
+            lines.append(f"| {_shown(method, m)} | {m['users']} | {cells} | {change} | {share} |")
         lines += ["", "### Round 1: MAE before → after the update (Table 1 layout)", ""]
         lines.append("| method | previous | current | future | LLM calls / user | tokens / user |")
         lines.append("|---|---:|---:|---:|---:|---:|")
@@ -349,13 +387,20 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
             cells = " | ".join(
                 f"{r1[f'before_{w}']:.3f} → {r1[f'after_{w}']:.3f}" for w in ("previous", "current", "future")
             )
-            lines.append(f"| {method} | {cells} | {m['llm_calls_per_user']:.0f} | {m['tokens_per_user']:.0f} |")
+            lines.append(
+                f"| {_shown(method, m)} | {cells} | {m['llm_calls_per_user']:.0f} | {m['tokens_per_user']:.0f} |"
+            )
         lines += ["", "### Persona length in words per round (Table 2 layout)", ""]
         lines.append("| method | " + " | ".join(f"round {t}" for t in range(n)) + " |")
         lines.append("|---|" + "---:|" * n)
         for method, m in methods.items():
-            lines.append(f"| {method} | " + " | ".join(f"{v:.0f}" for v in m["persona_words_by_round"]) + " |")
+            if m["persona_words_by_round"] is not None:  # a reference has no persona
+                lines.append(f"| {method} | " + " | ".join(f"{v:.0f}" for v in m["persona_words_by_round"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _shown(method: str, entry: Mapping[str, Any]) -> str:
+    return f"{method} (no LLM)" if entry.get("reference") else method
 
 
 def write_dynamic_report(out_dir: str | Path) -> dict[str, Path]:
@@ -398,6 +443,10 @@ def _plot_per_domain(
     palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
     markers = "osD^vP<>Xph*"
     style = {m: (palette(i % palette.N), markers[i % len(markers)]) for i, m in enumerate(methods)}
+    references = {m for by_method in summary.values() for m, e in by_method.items() if e.get("reference")}
+    for m in references:  # the no-LLM reference: grey, dashed
+        style[m] = ("0.45", "")
+    methods = [m for m in methods if any(by_method.get(m, {}).get(key) is not None for by_method in summary.values())]
     ncols = min(len(domains), 3)
     nrows = math.ceil(len(domains) / ncols)
     fig, axes = plt.subplots(
@@ -408,11 +457,20 @@ def _plot_per_domain(
         for ax, domain in zip(flat, domains, strict=False):
             for method in methods:
                 entry = summary[domain].get(method)
-                if entry is None:
+                if entry is None or entry.get(key) is None:
                     continue
                 values = [v if v is not None else math.nan for v in entry[key]]
                 colour, marker = style[method]
-                ax.plot(range(len(values)), values, color=colour, marker=marker, linewidth=1.5, markersize=5)
+                dashes = "--" if method in references else "-"
+                ax.plot(
+                    range(len(values)),
+                    values,
+                    color=colour,
+                    marker=marker,
+                    linestyle=dashes,
+                    linewidth=1.5,
+                    markersize=5,
+                )
             ax.set_title(domain)
             ax.set_xlabel("update round")
             ax.set_ylabel(ylabel)
@@ -421,10 +479,18 @@ def _plot_per_domain(
         for ax in flat[len(domains) :]:
             ax.set_visible(False)
         handles = [
-            Line2D([], [], color=style[m][0], marker=style[m][1], label=f"{m} ({_user_counts(summary, m)})")
+            Line2D(
+                [],
+                [],
+                color=style[m][0],
+                marker=style[m][1],
+                linestyle="--" if m in references else "-",
+                label=f"{m}{' (no LLM)' if m in references else ''} ({_user_counts(summary, m)})",
+            )
             for m in methods
         ]
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize="small")
+        # two legend columns per subplot column: a wider legend is cut off at the sides of a narrow figure
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 2 * ncols), fontsize="small")
         fig.suptitle(title)
         from personalens.plotting import save_png  # not at the top: it loads the selection package
 

@@ -273,7 +273,45 @@ class DynamicRefiner:
         return UserTrace(user.user_id, s0, baseline, records, self._usage)
 
 
+HISTORY_MEAN = "history-mean"
+
+
+def history_mean_trace(user: UserWindows, *, rounds: int | None = None) -> UserTrace:
+    """The reference without any model, in the loop's own terms: the "persona" after round t is the mean of every
+    rating in W0..Wt, predicted for each item of a window. Its errors and rewards are computed exactly as a
+    strategy's are (S0 = the mean of W0 scored on W1, S_t on W_{t-1}, W_t, W_{t+1}), so it can stand in every
+    table; the "persona" text is empty (no words, no LLM call). A persona that cannot beat this has not learned
+    more than the user's usual rating."""
+    n = user.n_rounds if rounds is None else rounds
+    if not 1 <= n <= len(user.windows) - 1:
+        raise ValueError(
+            f"user {user.user_id!r} has {len(user.windows)} windows: rounds must be 1..{len(user.windows) - 1}"
+        )
+
+    def mean_upto(t: int) -> float:
+        ratings = [x.rating for window in user.up_to(t) for x in window]
+        return sum(ratings) / len(ratings)
+
+    def mae(value: float, window: Sequence[RatedItem] | None) -> float | None:
+        if window is None:
+            return None
+        return mean_absolute_error([value] * len(window), [x.rating for x in window])
+
+    def errors(value: float, t: int) -> WindowErrors:
+        w = user.round(t)
+        return WindowErrors(mae(value, w.previous), mae(value, w.current), mae(value, w.future))
+
+    records = []
+    for t in range(1, n + 1):
+        before, after = errors(mean_upto(t - 1), t), errors(mean_upto(t), t)
+        records.append(RoundRecord(t, HISTORY_MEAN, True, before, after, rewards(before, after), ""))
+    initial_error = mae(mean_upto(0), user.windows[1])
+    assert initial_error is not None
+    return UserTrace(user.user_id, "", initial_error, records, Usage())
+
+
 __all__ = [
+    "HISTORY_MEAN",
     "DynamicRefiner",
     "Predictor",
     "ProbabilityPredictor",
@@ -281,4 +319,5 @@ __all__ = [
     "RoundRecord",
     "StructuredPredictor",
     "UserTrace",
+    "history_mean_trace",
 ]
