@@ -161,7 +161,8 @@ def test_probability_answer_reads_the_allowed_answers_at_the_final_answer() -> N
     assert answer.answer == "romance"
     assert answer.scores is not None and answer.scores["romance"] == pytest.approx(0.7)
     scoring = model.calls[-1]
-    assert scoring.top_logprobs > 0 and scoring.prefill == "Thought: romance fits\nFinal Answer: "
+    # a label is read after the cue without its trailing space (the model writes " romance" as one token)
+    assert scoring.top_logprobs > 0 and scoring.prefill == "Thought: romance fits\nFinal Answer:"
 
 
 def test_rating_space_gives_an_expectation() -> None:
@@ -172,6 +173,7 @@ def test_rating_space_gives_an_expectation() -> None:
     )
     assert answer.answer == "5"
     assert answer.expectation == pytest.approx(0.1 * 1 + 0.3 * 4 + 0.6 * 5)
+    assert model.calls[-1].prefill == "Final Answer: "  # a digit is its own token after the space: the cue keeps it
 
 
 def test_no_tools_answers_directly_with_the_persona() -> None:

@@ -60,3 +60,37 @@ def test_bad_arguments():
         score_choices(model, "x", ["a", "a"])
     with pytest.raises(ValueError):
         score_choices(model, "x", ["a"], aliases={"b": "c"})
+
+
+def test_a_prefill_without_trailing_space_keeps_the_answers_leading_space_in_every_request():
+    """BPE models put the space before a word inside the word's token (" comedy"): after "Answer:" the label
+    tokens are natural, and multi-token labels are followed with that space kept ("Answer: dark", not
+    "Answer:dark")."""
+    table = {
+        "Answer:": {" comedy": 0.5, " dark": 0.3, " Sorry": 0.2},
+        "Answer: dark": {" comedy": 0.9, " horse": 0.1},
+    }
+    model = ScriptedChatModel(next_tokens=lambda r: table.get(r.prefill, {}))
+    scores = score_choices(model, "tag?", ["comedy", "dark comedy", "action"], prefill="Answer:")
+    got = {k: v * scores.mass for k, v in scores.as_dict().items()}
+    assert got == pytest.approx({"comedy": 0.5, "dark comedy": 0.27, "action": 0.0})
+    assert [c.prefill for c in model.calls] == ["Answer:", "Answer: dark"]
+
+
+def test_a_whitespace_token_before_the_answer_is_followed_once():
+    """Digits are split from the space before them (" " then "4"): after "Rating:" the space is its own token, so it
+    is followed once to reach the digits; a second whitespace token is not followed."""
+    table = {
+        "Rating:": {" ": 0.8, "5": 0.1, "\n": 0.1},
+        "Rating: ": {"4": 0.75, "5": 0.2, " ": 0.05},
+        "Rating:\n": {"3": 1.0},
+    }
+    model = ScriptedChatModel(next_tokens=lambda r: table.get(r.prefill, {}))
+    scores = score_rating(model, "rate", (1, 5, 1), prefill="Rating:")
+    got = {k: v * scores.mass for k, v in scores.as_dict().items() if v}
+    assert got == pytest.approx({"3": 0.1, "4": 0.6, "5": 0.1 + 0.16})
+    assert sorted(c.prefill for c in model.calls) == ["Rating:", "Rating:\n", "Rating: "]
+    # after a prefill that already ends in a space nothing changes: a whitespace token is not followed
+    model = ScriptedChatModel(next_tokens=lambda r: table.get(r.prefill, {}))
+    assert score_rating(model, "rate", (1, 5, 1), prefill="Rating: ").mass == pytest.approx(0.95)
+    assert [c.prefill for c in model.calls] == ["Rating: "]

@@ -39,7 +39,7 @@ from personalens.agent.baselines import (
     react,
     retrieval_augmented,
 )
-from personalens.agent.loop import PROTOCOL_VERSION, AgentAnswer, LoopConfig
+from personalens.agent.loop import LABEL_READING_VERSION, PROTOCOL_VERSION, AgentAnswer, LoopConfig
 from personalens.agent.memory import EpisodicMemory, summarise_memory
 from personalens.agent.tools import MemorySearchTool, Tool, ToolBox, WikiLookup, WikipediaTool
 from personalens.data.lamp import LampExample, load_lamp
@@ -333,6 +333,8 @@ class LampEvaluation:
             "wikipedia": bool(cfg.wikipedia_pages or cfg.wikipedia_url or self._wikipedia),
             "protocol": PROTOCOL_VERSION,
         }
+        if not task.is_rating:
+            base["label_reading"] = LABEL_READING_VERSION
         if method == "icl":
             base["demos"] = cfg.icl_demos
         if method == "membank":

@@ -87,9 +87,14 @@ def score_choices(
     usage = Usage()
     seen_top: list[str] = []
 
-    def next_tokens(partial: str) -> Mapping[str, float]:
+    # After a prefill that ends in a word or punctuation ("Answer:"), the model's first token carries the space before
+    # the answer (" comedy") and is sent on as it is; a whitespace-only first token (" " before a digit) is followed
+    # once. After a prefill that already ends in whitespace (or none), a first token's leading space is dropped.
+    keep_space = bool(prefill) and not prefill[-1].isspace()
+
+    def next_tokens(sent: str) -> Mapping[str, float]:
         nonlocal usage
-        request = replace(base, prefill=prefill + partial)
+        request = replace(base, prefill=prefill + sent)
         result = model.chat(request)
         usage = usage + result.usage
         if not result.logprobs:
@@ -105,32 +110,35 @@ def score_choices(
                     best = s
         return best
 
-    def explore(partial: str, weight: float, depth: int) -> None:
-        top = next_tokens(partial)
+    def explore(sent: str, text: str, weight: float, depth: int) -> None:
+        """``sent``: what follows the prefill in the request; ``text``: the answer it spells (no leading space)."""
+        top = next_tokens(sent)
         if depth == 0:
             seen_top.extend(f"{tok!r}:{math.exp(lp):.3f}" for tok, lp in list(top.items())[:5])
         for token, logprob in top.items():
             p = weight * math.exp(logprob)
-            piece = token.lstrip() if not partial else token
+            piece = token.lstrip() if not text else token
             if not piece:
+                if keep_space and not sent and token and p >= min_branch:
+                    explore(token, "", p, depth)  # the space before the answer, then the answer
                 continue
-            text = partial + piece
-            longer = [s for s in surfaces if s.startswith(text) and s != text]
+            extended = text + piece
+            longer = [s for s in surfaces if s.startswith(extended) and s != extended]
             if longer and depth + 1 < max_depth and p >= min_branch:
-                explore_with_stop(text, p, depth + 1)
-            elif text in canonical:
-                credit[canonical[text]] += p
+                explore_with_stop(sent + (token if keep_space or text else piece), extended, p, depth + 1)
+            elif extended in canonical:
+                credit[canonical[extended]] += p
             else:
-                match = terminal_match(text)
+                match = terminal_match(extended)
                 if match is not None:
                     credit[canonical[match]] += p
 
-    def explore_with_stop(text: str, p: float, depth: int) -> None:
+    def explore_with_stop(sent: str, text: str, p: float, depth: int) -> None:
         """Follow ``text`` one more token; if ``text`` is itself a choice, tokens that end the answer count for it."""
         if text not in canonical:
-            explore(text, p, depth)
+            explore(sent, text, p, depth)
             return
-        top = next_tokens(text)
+        top = next_tokens(sent)
         for token, logprob in top.items():
             q = p * math.exp(logprob)
             extended = text + token
@@ -138,11 +146,11 @@ def score_choices(
                 if extended in canonical and not any(s.startswith(extended) and s != extended for s in surfaces):
                     credit[canonical[extended]] += q
                 elif depth + 1 < max_depth and q >= min_branch:
-                    explore_with_stop(extended, q, depth + 1)
+                    explore_with_stop(sent + token, extended, q, depth + 1)
             elif not token or not token[0].isalnum():
                 credit[canonical[text]] += q
 
-    explore("", 1.0, 0)
+    explore("", "", 1.0, 0)
     mass = sum(credit.values())
     if mass < min_mass:
         raise LLMOutputError(
