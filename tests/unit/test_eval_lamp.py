@@ -306,11 +306,10 @@ def test_a_persona_reused_from_the_store_still_counts_the_requests_that_built_it
     LampEvaluation(parse_lamp_config(base), out, model=model, embedder=HashEmbedder()).run()
     first = {r["example"]: r for r in map(json.loads, (out / "rows.jsonl").read_text().splitlines())}
     built_with = len(model.calls)
-    # another digest (the loop's step limit) but the same agent variant: the stored, aligned persona is reused
-    changed = {**base, "agent": {"max_steps": 5}}
-    LampEvaluation(parse_lamp_config(changed), out, model=model, embedder=HashEmbedder()).run()
-    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
-    second = {r["example"]: r for r in rows if r["digest"] != first["q0"]["digest"]}
+    # a run of the same settings stopped after the personas were aligned but before their rows were written
+    (out / "rows.jsonl").write_text("")
+    LampEvaluation(parse_lamp_config(base), out, model=model, embedder=HashEmbedder()).run()
+    second = {r["example"]: r for r in map(json.loads, (out / "rows.jsonl").read_text().splitlines())}
     assert set(second) == {"q0", "q1"}
     answering = len(model.calls) - built_with
     assert 0 < answering < built_with / 2  # no semantic memory or alignment this time
@@ -319,6 +318,21 @@ def test_a_persona_reused_from_the_store_still_counts_the_requests_that_built_it
         assert "alignment" not in row and row["persona_version"] == first[ex]["persona_version"]
         assert row["requests"] == first[ex]["requests"] > 6
         assert row["usage"]["calls"] + row["usage"]["cache_hits"] < row["requests"]
+
+
+def test_other_settings_build_their_own_persona_instead_of_reusing_one(tmp_path: Path) -> None:
+    """Any setting can change what alignment simulates, so a persona aligned under other settings is not reused."""
+    q, o = _write_lamp3(tmp_path, users=1)
+    base = {"data": {"questions": str(q), "outputs": str(o)}, "methods": ["personaagent"]}
+    out = tmp_path / "run"
+    LampEvaluation(parse_lamp_config(base), out, model=_model(), embedder=HashEmbedder()).run()
+    changed = {**base, "agent": {"max_steps": 5}}
+    LampEvaluation(parse_lamp_config(changed), out, model=_model(), embedder=HashEmbedder()).run()
+    first, second = map(json.loads, (out / "rows.jsonl").read_text().splitlines())
+    assert first["digest"] != second["digest"] and "persona_reused" not in second
+    assert second["alignment"] and second["persona_version"] > first["persona_version"]
+    with PersonaStore(out / "agent.sqlite") as store:
+        assert [v.method for v in store.versions("q0")] == ["agent-init", "agent-align"] * 2
 
 
 def test_failures_are_reported_per_example(tmp_path: Path) -> None:

@@ -532,8 +532,12 @@ class LampEvaluation:
         case: Case,
     ) -> tuple[AgentAnswer, dict[str, Any]]:
         config = self._agent_config(method)
+        # personas are kept per method *and* settings digest: any setting can change what alignment simulates and so
+        # the persona it writes (a resumed run finds its own; prompts that did not change come from the response
+        # cache, so building again under new settings costs only what really changed)
+        variant = f"{method}@{self.method_digest(method, task)}"
         agent = PersonaAgent(
-            self.model, self.embedder, store, ex.id, config=config, wikipedia=wiki, task=task.name, variant=method
+            self.model, self.embedder, store, ex.id, config=config, wikipedia=wiki, task=task.name, variant=variant
         )
         used = Usage()
         extra: dict[str, Any] = {}
@@ -543,8 +547,8 @@ class LampEvaluation:
             if before is None:
                 used = used + Usage.from_dict(init.meta.get("usage"))
             else:
-                # a persona kept from an earlier run (another settings digest, a resumed run) is not built again;
-                # the row still counts the requests that built it, so every row of a method has the same meaning
+                # a persona kept from an earlier, stopped run of the same settings is not built again; the row
+                # still counts the requests that built it, so every row of a method has the same meaning
                 reused = agent.recorded_usage(before.version)
                 extra["_reused_requests"] = reused.calls + reused.cache_hits
                 extra["persona_reused"] = True
