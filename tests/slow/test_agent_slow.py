@@ -54,3 +54,28 @@ def test_agent_acts_searches_memory_answers_and_aligns(local_llm, tmp_path):
     current = agent.persona()
     assert current is not None and current.method == "agent-align" and current.meta["feedback"] == step.feedback
     store.close()
+
+
+def test_labels_are_read_after_the_cue_without_its_trailing_space(local_llm):
+    """The measured reason for the label reading: the model writes " action" with its space, so after "Answer:" the 15
+    LaMP-2M tags get most of its probability; after "Answer: " much of it goes to digits and other words."""
+    from personalens.agent.baselines import GENERIC_SYSTEM
+    from personalens.agent.loop import answer_directly
+    from personalens.evaluation.lamp_tasks import LAMP2M_TAGS
+    from personalens.llm.base import system, user
+    from personalens.llm.scoring import score_choices
+
+    space = AnswerSpace.of_labels(LAMP2M_TAGS)
+    question = (
+        "Which tag fits this movie? Star Wars (1977): a farm boy joins a rebellion against a galactic empire, "
+        "with starships, laser swords and a planet-destroying space station.\n" + space.instruction()
+    )
+    messages = [system(GENERIC_SYSTEM), user(question)]
+    answer = answer_directly(local_llm, messages, space)
+    assert answer.parsed and answer.answer in ("sci-fi", "action", "fantasy"), answer.scores
+    without = score_choices(local_llm, messages, list(LAMP2M_TAGS), prefill="Answer:")
+    with_space = score_choices(local_llm, messages, list(LAMP2M_TAGS), prefill="Answer: ", min_mass=0.0)
+    assert without.mass > 0.5 and without.mass > with_space.mass, (without.mass, with_space.mass)
+    # " science" + " fiction" and " Action" count too once the task's spellings are read
+    spelled = score_choices(local_llm, messages, list(LAMP2M_TAGS), prefill="Answer:", aliases=space.label_aliases())
+    assert spelled.mass > without.mass + 0.05 and spelled.as_dict()["sci-fi"] > without.as_dict()["sci-fi"]

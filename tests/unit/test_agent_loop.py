@@ -269,3 +269,29 @@ def test_answer_space_matching() -> None:
     assert rating.match("4 stars") == "4" and rating.match("none") is None and rating.match("9") is None
     with pytest.raises(ValueError):
         AnswerSpace.of_labels(["only"])
+
+
+def test_labels_are_read_in_any_case_and_by_the_tasks_synonyms() -> None:
+    space = AnswerSpace.of_labels(
+        ["sci-fi", "action", "dark comedy", "comedy"],
+        {"science fiction": "sci-fi", "dystopian": "dystopia", "Action": "action"},  # the last two are left out
+    )
+    assert space.synonyms == (("science fiction", "sci-fi"),)
+    assert space.match("Science Fiction.") == "sci-fi" and space.match("ACTION") == "action"
+    assert space.match("a dark comedy, really") == "dark comedy" and space.match("dystopian") is None
+    aliases = space.label_aliases()
+    assert aliases["Action"] == "action" and aliases["Science Fiction"] == "sci-fi" and aliases["Dark Comedy"]
+    assert "sci-fi" not in aliases and "action" not in aliases  # a label is never its own alias
+    # the model writes " Action" and " science" + " fiction": both count, for the label they name
+    table = {
+        "Final Answer:": {" Action": 0.4, " science": 0.3, " comedy": 0.2, " weird": 0.1},
+        "Final Answer: science": {" fiction": 0.9, " and": 0.1},
+    }
+    model = ScriptedChatModel(
+        ["Action: memory_search: x", "Final Answer: sci-fi"], next_tokens=lambda r: table.get(r.prefill, {})
+    )
+    answer = run_agent(model, "q", persona=None, tools=ToolBox((RecordingMemory(),)), space=space)
+    assert answer.scores is not None
+    got = {k: v for k, v in answer.scores.items() if v}
+    mass = 0.4 + 0.27 + 0.2
+    assert got == pytest.approx({"action": 0.4 / mass, "sci-fi": 0.27 / mass, "comedy": 0.2 / mass})

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,18 +44,36 @@ from personalens.llm.scoring import ChoiceScores, rating_choices, score_choices
 
 @dataclass(frozen=True, slots=True)
 class AnswerSpace:
-    """What an answer may be: one of ``labels``, a number on ``scale`` (low, high, step), or free text."""
+    """What an answer may be: one of ``labels``, a number on ``scale`` (low, high, step), or free text.
+    ``synonyms`` are other spellings that name a label (``("science fiction", "sci-fi")``); labels and synonyms are
+    read without regard to case, in generated text and in token probabilities alike."""
 
     kind: Literal["labels", "rating", "free"] = "free"
     labels: tuple[str, ...] = ()
     scale: tuple[float, float, float] | None = None
+    synonyms: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def of_labels(cls, labels: Sequence[str]) -> AnswerSpace:
+    def of_labels(cls, labels: Sequence[str], synonyms: Mapping[str, str] | None = None) -> AnswerSpace:
+        """``synonyms`` whose label is not among ``labels`` are left out (a question may allow only some)."""
         labels = tuple(dict.fromkeys(str(x) for x in labels))
         if len(labels) < 2:
             raise ValueError("a label answer space needs at least two labels")
-        return cls("labels", labels)
+        lowered = {x.lower() for x in labels}
+        kept = tuple(
+            (str(k), str(v)) for k, v in (synonyms or {}).items() if v in labels and str(k).lower() not in lowered
+        )
+        return cls("labels", labels, synonyms=kept)
+
+    def label_aliases(self) -> dict[str, str]:
+        """Every other way of writing a label that counts for it, for probability scoring: the labels and their
+        synonyms in lower case, Capitalised and Title Case (never a spelling that is itself a label)."""
+        out: dict[str, str] = {}
+        for written, label in (*((x, x) for x in self.labels), *self.synonyms):
+            for form in (written, written.lower(), written.capitalize(), written.title()):
+                if form not in self.labels:
+                    out.setdefault(form, label)
+        return out
 
     @classmethod
     def of_rating(cls, low: float = 1, high: float = 5, step: float = 1) -> AnswerSpace:
@@ -90,11 +108,12 @@ class AnswerSpace:
             choices, values, _ = rating_choices(*self.scale)  # type: ignore[misc]
             best = min(range(len(values)), key=lambda i: abs(values[i] - value))
             return choices[best] if abs(values[best] - value) <= (self.scale[2] if self.scale else 1) else None
-        for label in self.labels:
-            if cleaned == label.lower():
+        names = [(x, x) for x in self.labels] + list(self.synonyms)
+        for written, label in names:
+            if cleaned == written.lower():
                 return label
-        for label in sorted(self.labels, key=len, reverse=True):
-            if re.search(r"(?<![\w-])" + re.escape(label.lower()) + r"(?![\w-])", cleaned):
+        for written, label in sorted(names, key=lambda n: len(n[0]), reverse=True):
+            if re.search(r"(?<![\w-])" + re.escape(written.lower()) + r"(?![\w-])", cleaned):
                 return label
         return None
 
@@ -208,9 +227,10 @@ REPEATED = (
 #: Bumped whenever the wording the model sees changes (prompts, tool output format), so evaluation rows made with
 #: another wording are told apart.
 PROTOCOL_VERSION = 2
-#: How a label answer is read, versioned apart from the wording: 2 reads labels after the answer cue without its
-#: trailing space ("Answer:"), 1 read them after "Answer: ". Rating answers are read as before (see ``_answer``).
-LABEL_READING_VERSION = 2
+#: How a label answer is read, versioned apart from the wording: 3 also credits a label's other cases and the task's
+#: synonyms ("Action", "science fiction"), 2 read labels after the answer cue without its trailing space
+#: ("Answer:"), 1 after "Answer: ". Rating answers are read as before (see ``_answer``).
+LABEL_READING_VERSION = 3
 OBSERVATION = "Observation: {text}"
 
 
@@ -452,6 +472,7 @@ def _answer(
             choices, values, aliases = rating_choices(*space.scale)  # type: ignore[misc]
         else:
             choices = list(space.labels)
+            aliases = space.label_aliases()
             # A BPE model writes the space before a word inside the word's token (" comedy"); after a cue that
             # already ends in a space it puts its probability on a second space, digits and words that are not
             # labels instead (12 LaMP-2M-like questions, embedded Qwen2.5-1.5B: mass on the 15 tags 0.34 after

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from personalens.agent.alignment import AlignmentExample
 from personalens.agent.loop import AnswerSpace
 from personalens.data.lamp import LampExample, LampProfileEntry
-from personalens.data.lamp_builders import LAMP2M_TAGS
+from personalens.data.lamp_builders import LAMP2M_TAGS, TAG_SYNONYMS
 from personalens.errors import DataError
 from personalens.evaluation.metrics import accuracy, macro_f1, mae, rmse
 from personalens.store.models import MemoryRecord
@@ -106,7 +106,8 @@ class LampTask:
         if self.is_rating:
             return AnswerSpace.of_rating(1, 5, 1)
         labels = (self.labels_in(example.input) if example is not None else None) or self.default_labels()
-        return AnswerSpace.of_labels(labels)
+        # LaMP-2M's tags are read with the spelling variants the task was built with ("science fiction" is sci-fi)
+        return AnswerSpace.of_labels(labels, TAG_SYNONYMS if self.number == "2M" else None)
 
     def label_list(self, examples: Sequence[LampExample]) -> tuple[str, ...]:
         """All labels of the task for macro-F1: the default list plus any a question names."""
