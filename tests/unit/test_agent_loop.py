@@ -295,3 +295,22 @@ def test_labels_are_read_in_any_case_and_by_the_tasks_synonyms() -> None:
     got = {k: v for k, v in answer.scores.items() if v}
     mass = 0.4 + 0.27 + 0.2
     assert got == pytest.approx({"action": 0.4 / mass, "sci-fi": 0.27 / mass, "comedy": 0.2 / mass})
+
+
+def test_the_tool_keyword_is_not_an_allowed_answer() -> None:
+    """The transcript repeats the keyword at every step, which pulls a small model towards the answer it spells
+    ("action" was LaMP-2M's commonest answer under "Action:"), so a label space with "action" uses "Tool:"."""
+    memory = RecordingMemory()
+    tags = AnswerSpace.of_labels(["comedy", "action", "horror"])
+    model = ScriptedChatModel(["Thought: look\nTool: memory_search: chases", "Final Answer: action"])
+    answer = run_agent(model, "Tag this film", persona="P", tools=ToolBox((memory,)), space=tags, config=TEXT)
+    assert answer.answer == "action" and memory.calls[0][0] == "chases"
+    sent = "\n".join(m.content for m in model.calls[1].messages)
+    assert "Tool: <tool name>: <input>" in sent and "Tool: memory_search: chases" in sent
+    assert "Action" not in sent
+    # other spaces keep ReAct's word, byte for byte (their cached requests and evaluation rows stay valid)
+    model = ScriptedChatModel(["Action: memory_search: x", "Final Answer: comedy"])
+    run_agent(model, "Tag this film", persona="P", tools=ToolBox((RecordingMemory(),)), space=LABELS, config=TEXT)
+    system_text = model.calls[0].messages[0].content
+    assert "Thought: <one short sentence on what you need>\nAction: <tool name>: <input>\n" in system_text
+    assert model.calls[1].messages[2].content == "Action: memory_search: x"

@@ -11,6 +11,7 @@ from personalens.agent.protocol import (
     format_step,
     normalise_tool_name,
     parse_step,
+    tool_keyword,
 )
 
 TOOLS = ["memory_search", "wikipedia"]
@@ -90,3 +91,30 @@ def test_normalise_and_format_round_trip() -> None:
     assert parse_step(format_step(step), TOOLS) == step
     final = parse_step(format_step(FinalStep("comedy", "sure")), TOOLS)
     assert isinstance(final, FinalStep) and final.answer == "comedy"
+
+
+def test_tool_keyword_avoids_a_word_that_is_an_allowed_answer() -> None:
+    assert tool_keyword(["1", "2", "3"]) == "Action"
+    assert tool_keyword([]) == "Action"
+    assert tool_keyword(["comedy", "Action", "sci-fi"]) == "Tool"
+    assert tool_keyword(["action", " TOOL "]) == "Call"
+    with pytest.raises(ValueError, match="every tool keyword"):
+        tool_keyword(["action", "tool", "call"])
+
+
+def test_another_keyword_introduces_tool_calls_and_action_is_still_read() -> None:
+    step = parse_step("Thought: past tags\nTool: memory_search: space films", TOOLS, keyword="Tool")
+    assert step == ActionStep("memory_search", "space films", "past tags")
+    assert parse_step("Action: wikipedia: Dune", TOOLS, keyword="Tool") == ActionStep("wikipedia", "Dune")
+    assert parse_step("Tool: memory_search\nTool Input: x", TOOLS, keyword="Tool") == ActionStep("memory_search", "x")
+    # the keyword must stand as its own word; "Final Answer: action" is an answer, not a call
+    assert isinstance(parse_step("Thought: the wikipedia-tool: no", TOOLS, keyword="Tool"), InvalidStep)
+    final = parse_step("Final Answer: action", TOOLS, keyword="Tool")
+    assert isinstance(final, FinalStep) and final.answer == "action"
+    # with the default keyword "Tool:" is not a call (as before)
+    assert isinstance(parse_step("Tool: wikipedia: Dune", TOOLS), InvalidStep)
+    reason = parse_step("I think so", TOOLS, keyword="Tool")
+    assert isinstance(reason, InvalidStep) and "'Tool:'" in reason.reason
+    assert (
+        format_step(ActionStep("wikipedia", "Dune", "look"), keyword="Tool") == "Thought: look\nTool: wikipedia: Dune"
+    )

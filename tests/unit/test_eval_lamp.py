@@ -15,6 +15,7 @@ from personalens.data.lamp import LampExample, LampProfileEntry, load_lamp
 from personalens.embed.testing import HashEmbedder
 from personalens.errors import ConfigError, DataError
 from personalens.evaluation.lamp import (
+    AGENT_VARIANTS,
     LampEvaluation,
     parse_lamp_config,
     scaling_overrides,
@@ -486,3 +487,23 @@ def test_scaling_report_puts_each_axis_in_order_around_the_default_with_its_chan
             paths["scaling_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             and "![test-time scaling](scaling.png)" in report
         )
+
+
+def test_only_tool_using_methods_on_a_task_with_an_action_label_get_new_digests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tool keyword is "Tool" when "action" is an answer (LaMP-2M): the rows of the methods whose prompts it
+    changes are redone, every other row (LaMP-3, the methods without tools) keeps its digest."""
+    import personalens.evaluation.lamp as lamp_module
+
+    q, _ = _write_lamp3(tmp_path)
+    run = LampEvaluation(
+        parse_lamp_config({"data": {"questions": str(q)}}), tmp_path, model=_model(), embedder=HashEmbedder()
+    )
+    methods = ("history", "prompt", "rag-4", "pag-4", "membank", "react", *AGENT_VARIANTS, "personaagent[k=1]")
+    now = {(t, m): run.method_digest(m, get_task(t)) for t in ("3", "2M") for m in methods}
+    monkeypatch.setattr(lamp_module, "tool_keyword", lambda _answers: "Action")
+    before = {(t, m): run.method_digest(m, get_task(t)) for t in ("3", "2M") for m in methods}
+    changed = {key for key in now if now[key] != before[key]}
+    tool_users = {"react", "personaagent", "no-alignment", "no-persona", "no-memory", "personaagent[k=1]"}
+    assert changed == {("2M", m) for m in tool_users}

@@ -24,7 +24,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from personalens.agent.protocol import STOP_SEQUENCES, ActionStep, FinalStep, InvalidStep, parse_step
+from personalens.agent.protocol import (
+    STOP_SEQUENCES,
+    ActionStep,
+    FinalStep,
+    InvalidStep,
+    format_step,
+    parse_step,
+    tool_keyword,
+)
 from personalens.agent.tools import MEMORY_TOOL, Observation, ToolBox, ToolContext
 from personalens.errors import LLMOutputError
 from personalens.llm.base import (
@@ -74,6 +82,10 @@ class AnswerSpace:
                 if form not in self.labels:
                     out.setdefault(form, label)
         return out
+
+    def answer_words(self) -> tuple[str, ...]:
+        """Every spelling that counts as an answer: the choices and the labels' synonyms."""
+        return (*self.choices, *(written for written, _ in self.synonyms))
 
     @classmethod
     def of_rating(cls, low: float = 1, high: float = 5, step: float = 1) -> AnswerSpace:
@@ -200,7 +212,7 @@ TEXT_PROTOCOL = """You can use these tools:
 
 Work one step at a time. Each reply is EITHER a tool call in exactly this form:
 Thought: <one short sentence on what you need>
-Action: <tool name>: <input>
+{keyword}: <tool name>: <input>
 OR, once you know enough, the answer in exactly this form:
 Thought: <one short sentence>
 Final Answer: <the answer only>
@@ -213,11 +225,11 @@ QUESTION = """{question}
 
 FORMAT_REMINDER = (
     "Observation: your reply did not follow the format ({reason}). Reply with either\n"
-    "Action: <tool name>: <input>\nor\nFinal Answer: <the answer only>"
+    "{keyword}: <tool name>: <input>\nor\nFinal Answer: <the answer only>"
 )
 FORCED_SEARCH = (
     "Observation: before answering you must search the user's memory. I searched it for the question:\n{result}\n"
-    "Now continue: another Action, or the Final Answer."
+    "Now continue: another {keyword}, or the Final Answer."
 )
 DUPLICATE = "Observation: you already ran {tool} with this input; the result is above. Use it, or try another input."
 STEP_LIMIT = "Observation: no more tool calls are allowed. Answer the question now.\n{question}"
@@ -234,17 +246,19 @@ LABEL_READING_VERSION = 3
 OBSERVATION = "Observation: {text}"
 
 
-def system_prompt(persona: str | None, tools: ToolBox, *, native: bool) -> str:
-    """The system prompt: the persona (when there is one) followed by the tool protocol (when there are tools)."""
+def system_prompt(persona: str | None, tools: ToolBox, *, native: bool, keyword: str = "Action") -> str:
+    """The system prompt: the persona (when there is one) followed by the tool protocol (when there are tools);
+    ``keyword`` introduces a tool call in the text protocol."""
     parts = [persona.strip()] if persona and persona.strip() else ["You are a helpful assistant."]
     if len(tools):
-        parts.append(NATIVE_PROTOCOL if native else TEXT_PROTOCOL.format(tools=tools.describe()))
+        parts.append(NATIVE_PROTOCOL if native else TEXT_PROTOCOL.format(tools=tools.describe(), keyword=keyword))
     return "\n\n".join(parts)
 
 
 class _Run:
-    def __init__(self, model: ChatModel, config: LoopConfig, question: str = "") -> None:
+    def __init__(self, model: ChatModel, config: LoopConfig, question: str = "", keyword: str = "Action") -> None:
         self.model = model
+        self.keyword = keyword  # the word that introduces a tool call in the text protocol
         self.question = question  # the question and its answer instruction, restated when the answer is asked for
         self.config = config
         self.usage = Usage()
@@ -291,8 +305,9 @@ def run_agent(
     )
     context = context or ToolContext()
     instruction = space.instruction()
-    run = _Run(model, config, QUESTION.format(question=question, instruction=instruction).strip())
-    sys_text = system_prompt(persona, tools, native=native)
+    keyword = tool_keyword(space.answer_words())
+    run = _Run(model, config, QUESTION.format(question=question, instruction=instruction).strip(), keyword)
+    sys_text = system_prompt(persona, tools, native=native, keyword=keyword)
     messages: list[Message] = [system(sys_text), user(QUESTION.format(question=question, instruction=instruction))]
     require_search = config.require_memory_search and MEMORY_TOOL in tools
     if not len(tools):
@@ -328,7 +343,7 @@ def _text_loop(
         started = time.perf_counter()
         result = run.chat(request)
         raw = result.text.strip()
-        step = parse_step(raw, tools.names)
+        step = parse_step(raw, tools.names, keyword=run.keyword)
         elapsed = time.perf_counter() - started
         tokens = result.usage.total_tokens
         if isinstance(step, InvalidStep):
@@ -338,7 +353,7 @@ def _text_loop(
             invalid_in_row += 1
             if invalid_in_row > cfg.max_invalid:
                 break
-            messages += [assistant(raw), user(FORMAT_REMINDER.format(reason=step.reason))]
+            messages += [assistant(raw), user(FORMAT_REMINDER.format(reason=step.reason, keyword=run.keyword))]
             continue
         invalid_in_row = 0
         if isinstance(step, FinalStep):
@@ -346,14 +361,14 @@ def _text_loop(
                 run.steps.append(TraceStep("final", raw, seconds=elapsed, tokens=tokens, ok=False))
                 obs = run.run_tool(tools, MEMORY_TOOL, search_query, context, "forced")
                 searched = True
-                messages += [assistant(raw), user(FORCED_SEARCH.format(result=obs.text))]
+                messages += [assistant(raw), user(FORCED_SEARCH.format(result=obs.text, keyword=run.keyword))]
                 continue
             run.steps.append(TraceStep("final", raw, seconds=elapsed, tokens=tokens))
             return _answer(run, messages, raw[: step.answer_offset], space, from_text=step.answer)
         assert isinstance(step, ActionStep)
         key = (step.tool, " ".join(step.input.lower().split()))
         # the transcript keeps the step as the protocol writes it, without anything the model added after it
-        clean = (f"Thought: {step.thought}\n" if step.thought else "") + f"Action: {step.tool}: {step.input}"
+        clean = format_step(step, keyword=run.keyword)
         if key in done:
             # a small model that repeats a search has run out of ideas: asking again only repeats it (measured),
             # so the repeat ends the search and the question is put once more
@@ -384,7 +399,7 @@ def _at_limit(
     the question restated (either protocol)."""
     if search_first:
         obs = run.run_tool(tools, MEMORY_TOOL, search_query, context, "forced")
-        messages.append(user(FORCED_SEARCH.format(result=obs.text).rsplit("\n", 1)[0]))
+        messages.append(user(FORCED_SEARCH.format(result=obs.text, keyword=run.keyword).rsplit("\n", 1)[0]))
     run.steps.append(TraceStep("limit"))
     messages.append(user(STEP_LIMIT.format(question=run.question)))
     return _answer(run, _merge_users(messages), "Final Answer: ", space, from_text=None)
@@ -425,7 +440,7 @@ def _native_loop(
                 run.steps.append(TraceStep("final", result.text.strip(), ok=False, seconds=elapsed))
                 obs = run.run_tool(tools, MEMORY_TOOL, search_query, context, "forced")
                 searched = True
-                messages += [assistant(result.text), user(FORCED_SEARCH.format(result=obs.text))]
+                messages += [assistant(result.text), user(FORCED_SEARCH.format(result=obs.text, keyword=run.keyword))]
                 continue
             run.steps.append(TraceStep("final", result.text.strip(), seconds=elapsed))
             return _answer(run, messages, "Final Answer: ", space, from_text=result.text.strip())

@@ -15,14 +15,18 @@ Small local models drift from any format, so :func:`parse_step` accepts the usua
 or hyphens, quoted inputs, Markdown bold around the keywords, and text the model invents after its action (an
 ``Observation:`` it made up is cut off). What it cannot read comes back as an :class:`InvalidStep` with the reason,
 which the loop shows the model once more before giving up on the format.
+
+The word that introduces a tool call is "Action" unless "action" is an allowed answer: then it is "Tool"
+(:func:`tool_keyword`), so the transcript does not repeat an answer at every step.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 STOP_SEQUENCES = ("\nObservation:", "\nObservation :", "Observation:")
 
@@ -51,10 +55,37 @@ Step = ActionStep | FinalStep | InvalidStep
 
 _KEY = r"\**\s*{}\s*\**\s*:\s*\**"
 _FINAL = re.compile(_KEY.format(r"final\s*answer"), re.IGNORECASE)
-_ACTION = re.compile(_KEY.format(r"action"), re.IGNORECASE)
-_ACTION_INPUT = re.compile(_KEY.format(r"action\s*input"), re.IGNORECASE)
 _THOUGHT = re.compile(_KEY.format(r"thought"), re.IGNORECASE)
 _OBSERVATION = re.compile(r"^\s*\**\s*observation\s*\**\s*:", re.IGNORECASE | re.MULTILINE)
+
+
+#: The words that can introduce a tool call, in order of preference. "Action" is ReAct's; another is used when
+#: "action" is itself an allowed answer (LaMP-2M's tag), because the keyword the transcript repeats at every step pulls
+#: a small model's answer towards the label it spells.
+TOOL_KEYWORDS = ("Action", "Tool", "Call")
+
+
+def tool_keyword(answers: Iterable[str] = ()) -> str:
+    """The first of :data:`TOOL_KEYWORDS` that does not spell one of ``answers`` (case and spaces ignored)."""
+    taken = {" ".join(str(a).lower().split()) for a in answers}
+    for word in TOOL_KEYWORDS:
+        if word.lower() not in taken:
+            return word
+    raise ValueError(f"every tool keyword {TOOL_KEYWORDS} is an allowed answer")
+
+
+@lru_cache(maxsize=8)
+def _keyword_patterns(keyword: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The tool-call and tool-input patterns for ``keyword``. ReAct's "Action" is read whatever the keyword is (a
+    model may fall back on the layout it saw most); another keyword must stand as its own word."""
+    if keyword.lower() == "action":
+        words = r"action"
+    else:
+        words = rf"(?:(?<![\w-]){re.escape(keyword.lower())}|action)"
+    return (
+        re.compile(_KEY.format(words), re.IGNORECASE),
+        re.compile(_KEY.format(words + r"\s*input"), re.IGNORECASE),
+    )
 
 
 def normalise_tool_name(name: str) -> str:
@@ -115,15 +146,17 @@ def _from_json(text: str, tools: Sequence[str]) -> Step | None:
     return ActionStep(tool, _strip_quotes(str(value)))
 
 
-def parse_step(text: str, tools: Sequence[str]) -> Step:
-    """Read one model step. ``tools`` are the tool names the model may call."""
+def parse_step(text: str, tools: Sequence[str], *, keyword: str = "Action") -> Step:
+    """Read one model step. ``tools`` are the tool names the model may call; ``keyword`` is the word the protocol
+    told it to introduce a tool call with (see :func:`tool_keyword`)."""
+    action_re, input_re = _keyword_patterns(keyword)
     text = text.replace("\r\n", "\n")
     cut = _OBSERVATION.search(text)
     if cut is not None:  # the model went on to invent the tool's answer: everything from there on is not its step
         text = text[: cut.start()]
-    action = _ACTION.search(text)
-    while action is not None and _ACTION_INPUT.match(text, action.start()):
-        action = _ACTION.search(text, action.end())
+    action = action_re.search(text)
+    while action is not None and input_re.match(text, action.start()):
+        action = action_re.search(text, action.end())
     final = _FINAL.search(text)
     if final is not None and (action is None or final.start() < action.start()):
         answer = text[final.end() :].strip()
@@ -135,7 +168,7 @@ def parse_step(text: str, tools: Sequence[str]) -> Step:
         parsed = _from_json(text, tools)
         if parsed is not None:
             return parsed
-        return InvalidStep("no 'Action:' line and no 'Final Answer:' line", text)
+        return InvalidStep(f"no '{keyword}:' line and no 'Final Answer:' line", text)
     rest = text[action.end() :]
     line, _, after = rest.partition("\n")
     line = line.strip()
@@ -165,7 +198,7 @@ def parse_step(text: str, tools: Sequence[str]) -> Step:
         arg = line[m.end() :].strip(" :-") if m else line
         arg = re.sub(r"^(?:to|for|about|on)\s+(?:(?:read|look|search|find)\s+(?:up\s+)?(?:about|for)?\s*)?", "", arg)
     if not arg.strip():
-        m = _ACTION_INPUT.search(after)
+        m = input_re.search(after)
         if m is not None:
             arg = after[m.end() :].strip().split("\n", 1)[0]
     arg = _strip_quotes(arg)
@@ -174,10 +207,10 @@ def parse_step(text: str, tools: Sequence[str]) -> Step:
     return ActionStep(tool, arg, thought)
 
 
-def format_step(step: ActionStep | FinalStep) -> str:
-    """How a step is written in the protocol (used for few-shot demonstrations and replayed transcripts)."""
+def format_step(step: ActionStep | FinalStep, *, keyword: str = "Action") -> str:
+    """How a step is written in the protocol (the transcript the model sees, demonstrations)."""
     if isinstance(step, ActionStep):
         head = f"Thought: {step.thought}\n" if step.thought else ""
-        return f"{head}Action: {step.tool}: {step.input}"
+        return f"{head}{keyword}: {step.tool}: {step.input}"
     head = f"Thought: {step.thought}\n" if step.thought else ""
     return f"{head}Final Answer: {step.answer}"

@@ -41,6 +41,7 @@ from personalens.agent.baselines import (
 )
 from personalens.agent.loop import LABEL_READING_VERSION, PROTOCOL_VERSION, AgentAnswer, LoopConfig
 from personalens.agent.memory import EpisodicMemory, summarise_memory
+from personalens.agent.protocol import tool_keyword
 from personalens.agent.tools import MemorySearchTool, Tool, ToolBox, WikiLookup, WikipediaTool
 from personalens.data.lamp import LampExample, load_lamp
 from personalens.embed.base import Embedder
@@ -335,6 +336,12 @@ class LampEvaluation:
         }
         if not task.is_rating:
             base["label_reading"] = LABEL_READING_VERSION
+        keyword = tool_keyword(task.space().answer_words())
+        uses_tools = method == "react" or (
+            (method in AGENT_VARIANTS or method.startswith("personaagent")) and method != "no-action"
+        )
+        if uses_tools and keyword != "Action":  # rows written with the "Action" keyword keep their digests
+            base["tool_keyword"] = keyword
         if method == "icl":
             base["demos"] = cfg.icl_demos
         if method == "membank":
