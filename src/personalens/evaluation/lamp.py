@@ -337,9 +337,8 @@ class LampEvaluation:
         if not task.is_rating:
             base["label_reading"] = LABEL_READING_VERSION
         keyword = tool_keyword(task.space().answer_words())
-        uses_tools = method == "react" or (
-            (method in AGENT_VARIANTS or method.startswith("personaagent")) and method != "no-action"
-        )
+        is_agent = method in AGENT_VARIANTS or method.startswith("personaagent")
+        uses_tools = method == "react" or (is_agent and self._agent_config(method).use_actions)
         if uses_tools and keyword != "Action":  # rows written with the "Action" keyword keep their digests
             base["tool_keyword"] = keyword
         if method == "icl":
