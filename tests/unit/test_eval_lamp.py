@@ -507,3 +507,68 @@ def test_only_tool_using_methods_on_a_task_with_an_action_label_get_new_digests(
     changed = {key for key in now if now[key] != before[key]}
     tool_users = {"react", "personaagent", "no-alignment", "no-persona", "no-memory", "personaagent[k=1]"}
     assert changed == {("2M", m) for m in tool_users}
+
+
+def test_report_counts_each_label_as_gold_and_as_each_methods_answer(tmp_path: Path) -> None:
+    """A tagging report lists, per label, the gold count and each method's answers with its hits; unreadable answers
+    are not counted, and a label no method gives still appears when it is a gold answer."""
+    preds = {  # gold: comedy, comedy, based on a book
+        "history": ["comedy", "comedy", "based on a book"],
+        "prompt": ["sci-fi", "comedy", None],  # None: unreadable
+    }
+    golds = ["comedy", "comedy", "based on a book"]
+    rows = [
+        {
+            "method": m,
+            "example": f"q{i}",
+            "digest": "d",
+            "gold": golds[i],
+            "pred": pred if pred is not None else "Answer: drama",
+            "parsed": pred is not None,
+            "correct": pred == golds[i],
+            "usage": {"calls": 1, "cache_hits": 0, "total_tokens": 10},
+            "seconds": 1.0,
+        }
+        for m, ps in preds.items()
+        for i, pred in enumerate(ps)
+    ]
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "config.json").write_text(json.dumps({"name": "tags", "task": "LaMP-2M", "methods_all": list(preds)}))
+    paths = write_lamp_report(out)
+    summary = json.loads(paths["json"].read_text())
+    assert summary["gold_counts"] == {"comedy": 2, "based on a book": 1}
+    assert summary["methods"]["prompt"]["answers"] == {"comedy": 1, "sci-fi": 1}
+    assert summary["methods"]["prompt"]["hits"] == {"comedy": 1}
+    assert summary["methods"]["history"]["hits"] == {"comedy": 2, "based on a book": 1}
+    report = paths["markdown"].read_text()
+    table = report.split("## Answers given, per label")[1].split("## ")[0]
+    assert "| comedy | 2 | 2 (2) | 1 (1) |" in table
+    assert "| based on a book | 1 | 1 (1) | 0 |" in table
+    assert "| sci-fi | 0 | 0 | 1 (0) |" in table
+    assert "drama" not in table
+    assert table.index("| comedy |") < table.index("| based on a book |") < table.index("| sci-fi |")
+
+
+def test_a_rating_report_has_no_answer_table(tmp_path: Path) -> None:
+    rows = [
+        {
+            "method": "prompt",
+            "example": "q0",
+            "digest": "d",
+            "gold": "4",
+            "pred": "5",
+            "parsed": True,
+            "abs_error": 1.0,
+            "usage": {"calls": 1, "cache_hits": 0, "total_tokens": 10},
+            "seconds": 1.0,
+        }
+    ]
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "rows.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (out / "config.json").write_text(json.dumps({"name": "r", "task": "LaMP-3", "methods_all": ["prompt"]}))
+    paths = write_lamp_report(out)
+    assert "gold_counts" not in json.loads(paths["json"].read_text())
+    assert "Answers given" not in paths["markdown"].read_text()

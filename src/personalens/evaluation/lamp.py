@@ -649,6 +649,12 @@ def summarise_rows(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any])
     if not examples:
         return out
     ref = "personaagent" if "personaagent" in methods else None
+    if not task.is_rating:
+        gold: dict[str, int] = {}
+        for e in examples:
+            g = str(by_method[methods[0]][e]["gold"])
+            gold[g] = gold.get(g, 0) + 1
+        out["gold_counts"] = dict(sorted(gold.items(), key=lambda kv: (-kv[1], kv[0])))
     for m in methods:
         rs = [by_method[m][e] for e in examples]
         metrics = lamp_metrics(
@@ -671,6 +677,19 @@ def summarise_rows(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any])
             "seconds_per_example": seconds,
             "forced_search_share": sum(1 for r in rs if r.get("forced_search")) / len(rs),
         }
+        if not task.is_rating:
+            # which answers the method gives and which of them are right: a method that never gives a frequent gold
+            # answer, or gives one answer far more often than the users do, shows here and not in the accuracy
+            answers: dict[str, int] = {}
+            hits: dict[str, int] = {}
+            for r in rs:
+                if r.get("parsed", True) and r.get("pred") is not None:
+                    pred = str(r["pred"])
+                    answers[pred] = answers.get(pred, 0) + 1
+                    if pred == str(r["gold"]):
+                        hits[pred] = hits.get(pred, 0) + 1
+            entry["answers"] = dict(sorted(answers.items(), key=lambda kv: (-kv[1], kv[0])))
+            entry["hits"] = dict(sorted(hits.items(), key=lambda kv: (-kv[1], kv[0])))
         key = "abs_error" if task.is_rating else "correct"
         per_example = [float(r[key]) for r in rs]
         entry["primary_se"] = standard_error(per_example)
@@ -897,6 +916,8 @@ def render_lamp_report(summary: Mapping[str, Any], config: Mapping[str, Any], *,
                 f"{c['p_value']:.3f} |"
             )
         lines.append("")
+    if "gold_counts" in summary and all("answers" in e for e in methods.values()):
+        lines += _answer_table(summary["gold_counts"], methods)
     lines += [
         "## Cost per example",
         "",
@@ -913,6 +934,34 @@ def render_lamp_report(summary: Mapping[str, Any], config: Mapping[str, Any], *,
         )
     lines.append("")
     return "\n".join(lines)
+
+
+def _answer_table(gold: Mapping[str, int], methods: Mapping[str, Any]) -> list[str]:
+    """Per allowed answer: how often it is the gold answer, and how often each method gives it (right ones in
+    brackets). Answers that are neither gold nor given by any method are left out; unreadable answers are not
+    counted."""
+    given: dict[str, int] = dict(gold)
+    for e in methods.values():
+        for a, n in e["answers"].items():
+            given[a] = given.get(a, 0) + n
+    order = sorted(given, key=lambda a: (-gold.get(a, 0), -given[a], a))
+    lines = [
+        "## Answers given, per label",
+        "",
+        "How often each label is the gold answer and how often each method gives it; in brackets, how many of those "
+        "answers are right.",
+        "",
+        "| Label | gold | " + " | ".join(method_label(m) for m in methods) + " |",
+        "|---|---:|" + "---:|" * len(methods),
+    ]
+    for a in order:
+        cells = []
+        for e in methods.values():
+            n = e["answers"].get(a, 0)
+            cells.append(f"{n} ({e['hits'].get(a, 0)})" if n else "0")
+        lines.append(f"| {a} | {gold.get(a, 0)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def write_lamp_report(out_dir: str | Path) -> dict[str, Path]:
