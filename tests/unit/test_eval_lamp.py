@@ -85,6 +85,15 @@ class Wiki:
         return None
 
 
+def _report_run(tmp_path: Path, rows: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Path]:
+    """Write hand-made rows and a config as a finished run and build its report."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "config.json").write_text(json.dumps(config))
+    return write_lamp_report(out)
+
+
 # ---------------------------------------------------------------- tasks
 
 
@@ -450,9 +459,6 @@ def test_scaling_report_puts_each_axis_in_order_around_the_default_with_its_chan
         for m, errs in errors.items()
         for i, err in enumerate(errs)
     ]
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = {
         "name": "scaling",
         "task": "LaMP-3",
@@ -461,8 +467,7 @@ def test_scaling_report_puts_each_axis_in_order_around_the_default_with_its_chan
         "iterations": 1,
         "k": 4,
     }
-    (out / "config.json").write_text(json.dumps(config))
-    paths = write_lamp_report(out)
+    paths = _report_run(tmp_path, rows, config)
     summary = json.loads(paths["json"].read_text())
     series = scaling_points(summary, config)
     assert [(p["value"], p["method"]) for p in series["n"]] == [
@@ -532,11 +537,7 @@ def test_report_counts_each_label_as_gold_and_as_each_methods_answer(tmp_path: P
         for m, ps in preds.items()
         for i, pred in enumerate(ps)
     ]
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (out / "config.json").write_text(json.dumps({"name": "tags", "task": "LaMP-2M", "methods_all": list(preds)}))
-    paths = write_lamp_report(out)
+    paths = _report_run(tmp_path, rows, {"name": "tags", "task": "LaMP-2M", "methods_all": list(preds)})
     summary = json.loads(paths["json"].read_text())
     assert summary["gold_counts"] == {"comedy": 2, "based on a book": 1}
     assert summary["methods"]["prompt"]["answers"] == {"comedy": 1, "sci-fi": 1}
@@ -565,10 +566,6 @@ def test_a_rating_report_has_no_answer_table(tmp_path: Path) -> None:
             "seconds": 1.0,
         }
     ]
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "rows.jsonl").write_text(json.dumps(rows[0]) + "\n")
-    (out / "config.json").write_text(json.dumps({"name": "r", "task": "LaMP-3", "methods_all": ["prompt"]}))
-    paths = write_lamp_report(out)
+    paths = _report_run(tmp_path, rows, {"name": "r", "task": "LaMP-3", "methods_all": ["prompt"]})
     assert "gold_counts" not in json.loads(paths["json"].read_text())
     assert "Answers given" not in paths["markdown"].read_text()
