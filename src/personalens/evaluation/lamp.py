@@ -22,7 +22,8 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -629,6 +630,11 @@ def method_label(m: str) -> str:
     return m.replace("personaagent", "PersonaAgent")
 
 
+def _by_count(values: Iterable[str]) -> dict[str, int]:
+    """How often each value occurs, most frequent first (ties in alphabetical order, so reports are stable)."""
+    return dict(sorted(Counter(values).items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def summarise_rows(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> dict[str, Any]:
     """Per-method metrics over the examples every reported method has finished (so columns compare alike)."""
     task = get_task(str(config.get("task")))
@@ -650,11 +656,7 @@ def summarise_rows(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any])
         return out
     ref = "personaagent" if "personaagent" in methods else None
     if not task.is_rating:
-        gold: dict[str, int] = {}
-        for e in examples:
-            g = str(by_method[methods[0]][e]["gold"])
-            gold[g] = gold.get(g, 0) + 1
-        out["gold_counts"] = dict(sorted(gold.items(), key=lambda kv: (-kv[1], kv[0])))
+        out["gold_counts"] = _by_count(str(by_method[methods[0]][e]["gold"]) for e in examples)
     for m in methods:
         rs = [by_method[m][e] for e in examples]
         metrics = lamp_metrics(
@@ -680,16 +682,9 @@ def summarise_rows(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any])
         if not task.is_rating:
             # which answers the method gives and which of them are right: a method that never gives a frequent gold
             # answer, or gives one answer far more often than the users do, shows here and not in the accuracy
-            answers: dict[str, int] = {}
-            hits: dict[str, int] = {}
-            for r in rs:
-                if r.get("parsed", True) and r.get("pred") is not None:
-                    pred = str(r["pred"])
-                    answers[pred] = answers.get(pred, 0) + 1
-                    if pred == str(r["gold"]):
-                        hits[pred] = hits.get(pred, 0) + 1
-            entry["answers"] = dict(sorted(answers.items(), key=lambda kv: (-kv[1], kv[0])))
-            entry["hits"] = dict(sorted(hits.items(), key=lambda kv: (-kv[1], kv[0])))
+            read = [r for r in rs if r.get("parsed", True) and r.get("pred") is not None]
+            entry["answers"] = _by_count(str(r["pred"]) for r in read)
+            entry["hits"] = _by_count(str(r["pred"]) for r in read if r["correct"])
         key = "abs_error" if task.is_rating else "correct"
         per_example = [float(r[key]) for r in rs]
         entry["primary_se"] = standard_error(per_example)
