@@ -75,6 +75,17 @@ def test_repeated_samples_count_once_and_the_cap_keeps_the_largest_gaps():
     assert sorted(round(p.gap, 3) for p in capped) == [1.6, 2.0]
 
 
+def test_a_leaked_or_short_candidate_is_never_chosen_but_may_be_rejected():
+    leaked = Candidate("names Film A", WindowErrors(1.0, 1.0, 1.0), Rewards(0.0, 0.0, 2.0), leaked=("Film A",))
+    short = Candidate("too short", WindowErrors(1.0, 1.0, 1.0), Rewards(0.0, 0.0, 1.5), short=True)
+    bad_leaked = Candidate("names Film B", WindowErrors(1.0, 1.0, 1.0), Rewards(0.0, 0.0, -1.0), leaked=("Film B",))
+    cands = [leaked, short, _cand("clean", 0.9), bad_leaked, _cand("poor", -0.5)]
+    got = {(p.chosen, p.rejected) for p in make_pairs("c", cands, PairConfig())}
+    assert got == {("clean", "names Film B"), ("clean", "poor")}
+    everything = {(p.chosen, p.rejected) for p in make_pairs("c", cands, PairConfig(clean_chosen=False))}
+    assert {("names Film A", "poor"), ("too short", "names Film B")} <= everything and len(everything) == 6
+
+
 def test_pair_config_is_validated():
     with pytest.raises(ValueError):
         PairConfig(positive_min=-1.0, negative_max=0.0)

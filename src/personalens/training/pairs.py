@@ -6,6 +6,10 @@ Pairs never mix contexts: both answers refine the same persona from the same obs
 τ− = 0, δ = 0.5 in iteration 1 and δ = 0.8 in iteration 2, where a replay share of iteration-1 pairs with a gap
 above the new δ is mixed in against forgetting (5,000 next to 28,612 new pairs in the paper).
 
+A candidate that names an item of the history (``leaked``) or falls short of the word minimum (``short``) can be
+rejected but is never chosen (``clean_chosen``, on by default): a persona carries no item names, and training the
+refiner towards such an answer would teach it to write them, however well the answer happened to score.
+
 Pairs are written as TRL-style conversational JSONL: ``prompt`` (the refine prompt as chat messages), ``chosen`` and
 ``rejected`` (one assistant message each), with the context id, both rewards, the gap and the iteration alongside.
 """
@@ -29,13 +33,15 @@ from personalens.training.sampling import Candidate
 class PairConfig:
     """``reward`` names the reward setting (balanced r_prev + r_curr + r_fut, future-only, decayed).
     ``max_pairs_per_context`` (None: all) keeps the pairs with the largest gaps, so one easy context cannot swamp
-    the set; ties are broken by candidate order."""
+    the set; ties are broken by candidate order. ``clean_chosen`` keeps leaked or short candidates out of the
+    positive set (they may still be rejected)."""
 
     positive_min: float = 0.5  # τ+
     negative_max: float = 0.0  # τ−
     margin: float = 0.5  # δ
     reward: str = "balanced"
     max_pairs_per_context: int | None = None
+    clean_chosen: bool = True
 
     def __post_init__(self) -> None:
         if self.reward not in REWARD_WEIGHTS:
@@ -80,11 +86,12 @@ def make_pairs(
     context_id: str, candidates: Sequence[Candidate], config: PairConfig, *, iteration: int = 1
 ) -> list[PreferencePair]:
     """The pairs of one context. Candidates with the same text are one candidate (a repeated sample adds nothing)."""
-    unique: dict[str, float] = {}
+    unique: dict[str, Candidate] = {}
     for c in candidates:
-        unique.setdefault(c.text, c.reward(config.reward))
-    scored = list(unique.items())
-    positives = [(t, r) for t, r in scored if r >= config.positive_min]
+        unique.setdefault(c.text, c)
+    scored = [(t, c.reward(config.reward)) for t, c in unique.items()]
+    eligible = {t for t, c in unique.items() if not (config.clean_chosen and (c.leaked or c.short))}
+    positives = [(t, r) for t, r in scored if r >= config.positive_min and t in eligible]
     negatives = [(t, r) for t, r in scored if r <= config.negative_max]
     pairs = [
         PreferencePair(context_id, tw, tl, rw, rl, iteration)

@@ -454,11 +454,14 @@ class TrainPipeline:
 
 
 def _reward_spread(sampled: Sequence[Any], setting: str) -> dict[str, Any]:
-    values = sorted(c.reward(setting) for s in sampled for c in s.candidates)
+    candidates = [c for s in sampled for c in s.candidates]
+    values = sorted(c.reward(setting) for c in candidates)
     if not values:
         return {"candidates": 0}
     return {
         "candidates": len(values),
+        "leaked": sum(bool(c.leaked) for c in candidates),
+        "short": sum(c.short for c in candidates),
         "min": round(values[0], 4),
         "median": round(values[len(values) // 2], 4),
         "max": round(values[-1], 4),
