@@ -115,8 +115,8 @@ lora_rank = 4
 """
 
 
-def _pipeline(tmp_path: Path, trainer: FakeTrainer, models: dict[str, ScriptedChatModel]):
-    (tmp_path / "run.toml").write_text(CONFIG)
+def _pipeline(tmp_path: Path, trainer: FakeTrainer, models: dict[str, ScriptedChatModel], config_text: str = CONFIG):
+    (tmp_path / "run.toml").write_text(config_text)
     _data(tmp_path / "data") if not (tmp_path / "data").exists() else None
     config = load_train_config(tmp_path / "run.toml")
 
@@ -192,6 +192,35 @@ def test_a_rerun_makes_no_llm_call_and_a_changed_config_is_refused(tmp_path):
     pipeline.config = config
     with pytest.raises(ConfigError, match="another configuration"):
         pipeline.run()
+
+
+def test_a_setting_of_a_stage_not_yet_run_may_change_between_runs(tmp_path):
+    trainer = FakeTrainer()
+    _pipeline(tmp_path, trainer, {}).run(until="sampling")
+    # the pair thresholds and iteration-2 M only shape later stages: changing them after sampling is accepted
+    looser = CONFIG.replace("[pairs]", "[pairs]\npositive_min = 0.3\nmargin = 0.3").replace(
+        "max_words = 80", "max_words = 80\ncandidates_iteration2 = 2"
+    )
+    summary = _pipeline(tmp_path, trainer, {}, looser).run(until="pairs")
+    assert summary["stages"][-1]["stage"] == "pairs:iter1"
+    stored = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert stored["pairs"]["positive_min"] == 0.3 and stored["candidates_iteration2"] == 2
+    # once the pairs exist their thresholds are fixed, and the sampling settings were fixed from the start
+    with pytest.raises(ConfigError, match=r"pairs \(fixed by iter1/pairs.jsonl\)"):
+        _pipeline(tmp_path, trainer, {}, looser.replace("positive_min = 0.3", "positive_min = 0.4")).run(until="pairs")
+    with pytest.raises(ConfigError, match=r"sampling \(fixed by iter1/contexts.jsonl\)"):
+        _pipeline(tmp_path, trainer, {}, looser.replace("max_words = 80", "max_words = 90")).run(until="pairs")
+
+
+def test_iteration2_draws_its_own_number_of_candidates(tmp_path):
+    fewer = CONFIG.replace("max_words = 80", "max_words = 80\ncandidates_iteration2 = 4")
+    _pipeline(tmp_path, FakeTrainer(), {}, fewer).run(until="iteration2")
+    rows = [json.loads(line) for line in (tmp_path / "out" / "iter2" / "samples.jsonl").read_text().splitlines()]
+    assert rows and all(len(r["candidates"]) == 4 for r in rows)
+    rows1 = [json.loads(line) for line in (tmp_path / "out" / "iter1" / "samples.jsonl").read_text().splitlines()]
+    assert all(len(r["candidates"]) == 5 for r in rows1)
+    with pytest.raises(ConfigError, match="candidates_iteration2"):
+        parse_train_config({"data": {"root": "x", "domains": ["d"]}, "sampling": {"candidates_iteration2": 0}})
 
 
 def test_until_stops_after_a_stage_so_training_can_run_elsewhere(tmp_path):

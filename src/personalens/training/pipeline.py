@@ -73,6 +73,7 @@ class TrainPipelineConfig:
     pairs: PairConfig = field(default_factory=PairConfig)
     margin_iteration2: float = 0.8  # δ in iteration 2
     replay_share: float = 5_000 / 33_612  # share of replayed iteration-1 pairs in the iteration-2 set (paper)
+    candidates_iteration2: int | None = None  # M in iteration 2 (None: the same M as iteration 1)
     train: DPOTrainConfig = field(default_factory=DPOTrainConfig)
     base_model: str | None = None  # HF directory or GGUF file to train; default: the embedded model's GGUF
     source: str | None = None
@@ -84,6 +85,8 @@ class TrainPipelineConfig:
             raise ValueError("train_users_per_domain must be >= 1 and heldout_users_per_domain >= 0")
         if not 0 <= self.replay_share < 1:
             raise ValueError("replay_share must be in [0, 1)")
+        if self.candidates_iteration2 is not None and self.candidates_iteration2 < 1:
+            raise ValueError("candidates_iteration2 must be >= 1")
         if self.predictor not in ("probability", "structured"):
             raise ValueError("predictor must be probability or structured")
 
@@ -96,7 +99,7 @@ class TrainPipelineConfig:
 _SECTIONS: dict[str, set[str]] = {
     "": {"name", "seed", "iterations", "predictor", "data", "sampling", "pairs", "train"},
     "data": {"root", "domains", "train_users_per_domain", "heldout_users_per_domain"},
-    "sampling": {f.name for f in fields(SamplingConfig)},
+    "sampling": {f.name for f in fields(SamplingConfig)} | {"candidates_iteration2"},
     "pairs": {f.name for f in fields(PairConfig)} | {"margin_iteration2", "replay_share"},
     "train": {f.name for f in fields(DPOTrainConfig)} | {"base_model"},
 }
@@ -118,6 +121,8 @@ def parse_train_config(
         return str((base / path).resolve()) if base is not None and not path.is_absolute() else str(path)
 
     pairs = dict(raw.get("pairs", {}))
+    sampling = dict(raw.get("sampling", {}))
+    candidates2 = sampling.pop("candidates_iteration2", None)
     train = dict(raw.get("train", {}))
     base_model = train.pop("base_model", None)
     try:
@@ -128,7 +133,8 @@ def parse_train_config(
             iterations=int(raw.get("iterations", 2)),
             seed=int(raw.get("seed", 0)),
             predictor=str(raw.get("predictor", "probability")),
-            sampling=SamplingConfig(**raw.get("sampling", {})),
+            sampling=SamplingConfig(**sampling),
+            candidates_iteration2=int(candidates2) if candidates2 is not None else None,
             margin_iteration2=float(pairs.pop("margin_iteration2", 0.8)),
             replay_share=float(pairs.pop("replay_share", 5_000 / 33_612)),
             pairs=PairConfig(**pairs),
@@ -279,10 +285,10 @@ class TrainPipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         stamp = self.out / "config.json"
         current = json.dumps(self.config.to_dict(), indent=2, sort_keys=True, default=str)
-        if stamp.exists() and json.loads(stamp.read_text()) != json.loads(current):
-            raise ConfigError(
-                f"{self.out} holds a run of another configuration ({stamp}); use another output directory"
-            )
+        if stamp.exists():
+            changed = check_config_change(json.loads(stamp.read_text()), json.loads(current), self.out)
+            if changed:
+                self.emit("config_changed", {"settings": changed})
         stamp.write_text(current)
         summary: dict[str, Any] = {"name": self.config.name, "stages": []}
         try:
@@ -420,7 +426,8 @@ class TrainPipeline:
         contexts = {**contexts1, **{c.context_id: c for c in built.contexts}}
 
         report = self._stage("sampling:iter2")
-        config2 = SamplingConfig(**{**asdict(cfg.sampling), "seed": cfg.sampling.seed + 1})
+        m2 = cfg.candidates_iteration2 or cfg.sampling.candidates
+        config2 = SamplingConfig(**{**asdict(cfg.sampling), "seed": cfg.sampling.seed + 1, "candidates": m2})
         sampled = run_sampling(
             list(contexts.values()),
             it2,
@@ -451,6 +458,33 @@ class TrainPipeline:
             "gguf": str(gguf2) if gguf2 else None,
         }
         return self.model_for(gguf2 or Path(result2.adapter_dir))
+
+
+# Settings that only shape a later stage, with the output that fixes them: until that output exists they may change
+# between runs of one output directory (e.g. the pair thresholds once the sampled rewards are known). Every other
+# setting shapes the contexts and is fixed from the first run on; ``name`` and ``source`` never matter.
+_FIXED_BY: dict[str, str] = {
+    "pairs": "iter1/pairs.jsonl",
+    "train": "iter1/dpo",
+    "candidates_iteration2": "iter2/samples.jsonl",
+    "margin_iteration2": "iter2/pairs.jsonl",
+    "replay_share": "iter2/pairs.jsonl",
+    "heldout_users_per_domain": "eval",
+}
+_FREE = {"name", "source"}
+
+
+def check_config_change(stored: Mapping[str, Any], current: Mapping[str, Any], out: Path) -> list[str]:
+    """The settings that differ from the stored run's; raises ConfigError when one of them shapes output that exists."""
+    changed = sorted(k for k in set(stored) | set(current) if k not in _FREE and stored.get(k) != current.get(k))
+    fixed = [k for k in changed if k not in _FIXED_BY or (out / _FIXED_BY[k]).exists()]
+    if fixed:
+        where = ", ".join(f"{k} (fixed by {_FIXED_BY.get(k, 'iter1/contexts.jsonl')})" for k in fixed)
+        raise ConfigError(
+            f"{out} holds a run of another configuration ({out / 'config.json'}): {where} changed after the output "
+            "it shapes was written; use another output directory"
+        )
+    return changed
 
 
 def _reward_spread(sampled: Sequence[Any], setting: str) -> dict[str, Any]:
