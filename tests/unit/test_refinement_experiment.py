@@ -272,3 +272,20 @@ def test_methods_are_compared_on_the_users_that_finished_every_method():
     assert table["refine"]["future_mae_by_round"] == pytest.approx([1.0, 0.7])
     assert table["refine"]["change_pct"] == pytest.approx(-30.0)
     assert table["refine"]["change_se"] == pytest.approx(0.1)  # per-user changes -0.2 and -0.4
+
+
+def test_updates_that_copy_the_old_persona_back_are_counted():
+    row = _row("d", "a", "inc_update", 1.0, [0.9, 0.9, 0.8])
+    row["initial"] = "old persona"
+    for x, text in zip(row["rounds"], ["new persona", "new persona ", "newer persona"], strict=True):
+        x["persona"] = text  # round 2 copies round 1 (up to whitespace)
+    kept = _row("d", "a", "refine+verified", 1.0, [1.0, 0.9, 0.9])
+    kept["initial"] = "old persona"
+    for x, text, ok in zip(kept["rounds"], ["old persona", "p1", "p1"], [False, True, True], strict=True):
+        x["persona"], x["committed"] = text, ok  # round 1 kept the old persona: not an echo
+    table = summarise([row, kept])["d"]
+    assert table["inc_update"]["unchanged_share"] == pytest.approx(1 / 3)
+    assert table["refine+verified"]["unchanged_share"] == pytest.approx(1 / 2)
+    assert table["refine+verified"]["committed_share"] == pytest.approx(2 / 3)
+    plain = summarise([_row("d", "a", "refine", 1.0, [0.9])])["d"]["refine"]
+    assert plain["unchanged_share"] is None  # rows without persona texts

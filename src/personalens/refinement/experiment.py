@@ -309,6 +309,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for w in ("previous", "current", "future")
         }
         committed = [x["committed"] for r in rs for x in r["rounds"][:n_rounds]]
+        unchanged = _echoed(rs, n_rounds)
         reference = any(r.get("reference") for r in rs)
         out.setdefault(domain, {})[method] = {
             "users": len(rs),
@@ -323,9 +324,26 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "round1": table1,
             "persona_words_by_round": None if reference else words,
             "committed_share": sum(committed) / len(committed) if committed else None,
+            "unchanged_share": None if reference or not unchanged else sum(unchanged) / len(unchanged),
             "llm_calls_per_user": statistics.fmean(r["usage"]["calls"] for r in rs),
             "tokens_per_user": statistics.fmean(r["usage"]["total_tokens"] for r in rs),
         }
+    return out
+
+
+def _echoed(rows: Sequence[Mapping[str, Any]], n_rounds: int) -> list[bool]:
+    """Per committed update: whether the new persona is word for word the one it replaced (a small model asked to
+    update often copies the old persona back). Empty when the rows carry no persona texts."""
+    out: list[bool] = []
+    for r in rows:
+        before = r.get("initial")
+        for x in r["rounds"][:n_rounds]:
+            text = x.get("persona")
+            if text is None or before is None:
+                return []
+            if x["committed"]:
+                out.append(text.strip() == before.strip())
+            before = text
     return out
 
 
@@ -360,7 +378,8 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
         f"{config['rounds']} rounds; {len(rows)} (user, method) runs completed; methods are averaged over the users "
         "that completed every method of their domain. MAE is on the domain's own scale; "
         "round 0 is the initial persona S0 predicting W1, round t the persona S_t predicting W_{t+1} (never seen "
-        "by the update)."
+        "by the update). committed: the share of updates kept (a verified update may keep the old persona); "
+        "unchanged: the share of kept updates whose persona is word for word the one it replaced."
     )
     linked = [(PLOT_FILES[key][1], path) for key, path in plots.items() if key in PLOT_FILES]
     if linked:
@@ -370,15 +389,18 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
     for domain, methods in table.items():
         n = max(len(m["future_mae_by_round"]) for m in methods.values())
         lines += ["", f"## {domain}", "", "### Future-window MAE per round (Figure 4 layout)", ""]
-        lines.append("| method | users | " + " | ".join(f"round {t}" for t in range(n)) + " | change | committed |")
-        lines.append("|---|---:|" + "---:|" * n + "---:|---:|")
+        lines.append(
+            "| method | users | " + " | ".join(f"round {t}" for t in range(n)) + " | change | committed | unchanged |"
+        )
+        lines.append("|---|---:|" + "---:|" * n + "---:|---:|---:|")
         for method, m in methods.items():
             cells = " | ".join(f"{v:.3f}" for v in m["future_mae_by_round"])
             change = f"{m['change_pct']:+.1f}%" if m["change_pct"] is not None else ""
             if m.get("change_se") is not None:
                 change += f" (± {m['change_se']:.3f} MAE)"
             share = f"{100 * m['committed_share']:.0f}%" if m["committed_share"] is not None else ""
-            lines.append(f"| {_shown(method, m)} | {m['users']} | {cells} | {change} | {share} |")
+            same = f"{100 * m['unchanged_share']:.0f}%" if m.get("unchanged_share") is not None else ""
+            lines.append(f"| {_shown(method, m)} | {m['users']} | {cells} | {change} | {share} | {same} |")
         lines += ["", "### Round 1: MAE before → after the update (Table 1 layout)", ""]
         lines.append("| method | previous | current | future | LLM calls / user | tokens / user |")
         lines.append("|---|---:|---:|---:|---:|---:|")
