@@ -89,3 +89,36 @@ def test_samples_differ_in_the_request():
     writer.update("inc_update", "Old.", [W1], temperature=0.8, sample=1)
     writer.update("inc_update", "Old.", [W1], temperature=0.8, sample=2)
     assert [c.sample for c in model.calls] == [1, 2] and all(c.temperature == 0.8 for c in model.calls)
+
+
+@pytest.mark.parametrize("strategy", ["refine", "inc_update"])
+def test_an_update_that_copies_the_old_persona_is_re_asked(strategy):
+    revised = LONG.replace("warm", "bold")
+    model = ScriptedChatModel([LONG + "\n", revised])  # the first answer is the old persona (up to whitespace)
+    out = _writer(model).update(strategy, LONG, [W0, W1])
+    assert out.text == revised and out.attempts == 2 and not out.unchanged
+    assert "the current profile, unchanged" in _prompt(model)
+
+
+def test_a_persistent_copy_is_kept_and_flagged_and_a_shorter_revision_wins_over_it():
+    model = ScriptedChatModel([LONG, LONG])
+    out = _writer(model).update("inc_update", LONG, [W0, W1])
+    assert out.text == LONG and out.unchanged and out.attempts == 2
+    model = ScriptedChatModel([LONG, "Now prefers bold comedies over slow dramas."])
+    out = _writer(model).update("inc_update", LONG, [W0, W1])
+    assert out.text.startswith("Now prefers") and out.short and not out.unchanged
+
+
+def test_hier_merge_re_asks_a_merge_that_returns_the_long_term_persona():
+    model = ScriptedChatModel([LONG.replace("warm", "new"), LONG, LONG.replace("warm", "merged")])
+    out = _writer(model).update("hier_merge", LONG, [W0, W1])
+    assert "merged" in out.text and len(model.calls) == 3 and not out.unchanged
+
+
+def test_regenerations_and_training_samples_are_never_re_asked_for_sameness():
+    model = ScriptedChatModel([LONG])
+    out = _writer(model).update("slide_regen", LONG, [W0, W1])  # a regeneration never sees the old persona
+    assert len(model.calls) == 1 and not out.unchanged
+    model = ScriptedChatModel([LONG])
+    out = _writer(model, reask_unchanged=False).update("refine", LONG, [W0, W1])
+    assert len(model.calls) == 1 and out.text == LONG and not out.unchanged

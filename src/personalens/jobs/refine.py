@@ -281,7 +281,12 @@ class RefineJob:
                     "strategy": "initial",
                     "committed": True,
                     "usage": written.usage.to_dict(),
-                    "flags": {"short": written.short, "leaked": list(written.leaked), "attempts": written.attempts},
+                    "flags": {
+                        "short": written.short,
+                        "leaked": list(written.leaked),
+                        "attempts": written.attempts,
+                        "unchanged": written.unchanged,
+                    },
                 }
                 saved = self._save(
                     user,

@@ -239,7 +239,12 @@ class DynamicRefiner:
                 update = self.writer.update(self.config.strategy, persona, seen)
                 self._usage = self._usage + update.usage
                 new, committed = update.text, True
-                flags = {"short": update.short, "leaked": list(update.leaked), "attempts": update.attempts}
+                flags = {
+                    "short": update.short,
+                    "leaked": list(update.leaked),
+                    "attempts": update.attempts,
+                    "unchanged": update.unchanged,
+                }
             else:
                 candidates = []
                 for i in range(self.config.candidates):

@@ -40,18 +40,22 @@ class _RatedKw(TypedDict):
 @dataclass(slots=True)
 class WrittenPersona:
     """A persona text with what it cost and what was noticed: ``short`` when it stayed under the minimum length
-    after the bounded re-ask, ``leaked`` the item texts it names (it should name none)."""
+    after the bounded re-ask, ``leaked`` the item texts it names (it should name none), ``unchanged`` when an update
+    gave back the persona it was asked to update, word for word, after the bounded re-ask."""
 
     text: str
     usage: Usage = field(default_factory=Usage)
     attempts: int = 1
     short: bool = False
     leaked: tuple[str, ...] = ()
+    unchanged: bool = False
 
 
 class PersonaWriter:
     """Writes and updates personas with one model. ``temperature``/``sample`` select fresh samples (the verified
-    mode asks for several candidates of one update)."""
+    mode asks for several candidates of one update). A small model asked to update a persona often copies it back
+    unchanged; ``reask_unchanged`` then asks once more (within ``max_attempts``) for a revision. Self-sampling for
+    training turns it off, so the candidates are the model's own answers."""
 
     def __init__(
         self,
@@ -62,6 +66,7 @@ class PersonaWriter:
         min_words: int = 200,
         max_words: int = 320,
         max_attempts: int = 2,
+        reask_unchanged: bool = True,
     ) -> None:
         if not 0 < min_words <= max_words:
             raise ValueError("need 0 < min_words <= max_words")
@@ -73,6 +78,7 @@ class PersonaWriter:
         self.min_words = min_words
         self.max_words = max_words
         self.max_attempts = max_attempts
+        self.reask_unchanged = reask_unchanged
 
     def write(
         self,
@@ -83,14 +89,17 @@ class PersonaWriter:
         sample: int = 0,
         top_p: float | None = None,
         repetition_penalty: float | None = None,
+        replaces: str | None = None,
     ) -> WrittenPersona:
         """One persona answer, cleaned and bounded; an answer under ``min_words`` is re-asked (showing the model its
-        length) up to ``max_attempts`` times in all, then kept and flagged ``short``. An empty answer after every
-        attempt raises :class:`LLMOutputError` with the raw answers."""
+        length) up to ``max_attempts`` times in all, then kept and flagged ``short``. An answer that is ``replaces``
+        (the persona being updated) word for word is re-asked the same way, then kept and flagged ``unchanged``.
+        An empty answer after every attempt raises :class:`LLMOutputError` with the raw answers."""
         usage = Usage()
         raws: list[str] = []
         convo = list(messages)
         best = ""
+        old = " ".join(replaces.split()) if replaces is not None and self.reask_unchanged else None
         for _ in range(self.max_attempts):
             request = ChatRequest.of(
                 convo,
@@ -105,17 +114,20 @@ class PersonaWriter:
             usage = usage + result.usage
             raws.append(result.text)
             text = clean_persona_text(result.text)
-            if len(text.split()) > len(best.split()):
+            echoed = old is not None and " ".join(text.split()) == old
+            if _better(text, echoed, best, old):
                 best = text
-            if len(text.split()) >= self.min_words:
+            if len(text.split()) >= self.min_words and not echoed:
                 break
+            problem = (
+                "That is the current profile, unchanged. Revise it so that it accounts for the new ratings"
+                if echoed
+                else f"That profile has {len(text.split())} words; it needs {self.min_words} to {self.max_words}"
+            )
             convo = [
                 *messages,
                 *([] if not text else [Message("assistant", text)]),
-                user(
-                    f"That profile has {len(text.split())} words; it needs {self.min_words} to {self.max_words}. "
-                    "Write the complete profile again, following every rule."
-                ),
+                user(f"{problem}. Write the complete profile again, following every rule."),
             ]
         if len(best.split()) < 5:
             raise LLMOutputError(f"persona answer empty or too short after {len(raws)} attempts", raw=raws)
@@ -126,6 +138,7 @@ class PersonaWriter:
             attempts=len(raws),
             short=len(text.split()) < self.min_words,
             leaked=find_leaked_titles(text, [x.text for x in items]),
+            unchanged=old is not None and " ".join(best.split()) == old,
         )
 
     def initial(self, window: Sequence[RatedItem]) -> WrittenPersona:
@@ -150,6 +163,7 @@ class PersonaWriter:
         if not windows:
             raise ValueError("an update needs at least the current window")
         current = list(windows[-1])
+        replaces: str | None = None  # the persona an update rewrites (a regeneration never sees it)
         kw = self._rated_kw()
         sampling: _SamplingKw = {
             "temperature": temperature,
@@ -161,6 +175,7 @@ class PersonaWriter:
             if any(x.predicted is None for x in current):
                 raise ValueError("refine needs the old persona's prediction for every item of the current window")
             messages = prompts.refine_persona(persona, current, **kw)
+            replaces = persona
         elif strategy == "slide_regen":
             messages = prompts.regenerate_persona(current, **kw)
         elif strategy == "full_regen":
@@ -169,6 +184,7 @@ class PersonaWriter:
             current = everything
         elif strategy == "inc_update":
             messages = prompts.extend_persona(persona, current, **kw)
+            replaces = persona
         elif strategy == "hier_merge":
             short = self.write(prompts.regenerate_persona(current, **kw), current, **sampling)
             merged = self.write(
@@ -177,13 +193,23 @@ class PersonaWriter:
                 ),
                 current,
                 **sampling,
+                replaces=persona,
             )
             merged.usage = merged.usage + short.usage
             merged.attempts += short.attempts
             return merged
         else:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-        return self.write(messages, current, **sampling)
+        return self.write(messages, current, **sampling, replaces=replaces)
+
+
+def _better(text: str, echoed: bool, best: str, old: str | None) -> bool:
+    """Whether an attempt's answer beats the best so far: any revision beats a copy of the old persona, then the
+    longer answer wins."""
+    best_echoed = old is not None and " ".join(best.split()) == old
+    if best and echoed != best_echoed:
+        return best_echoed
+    return len(text.split()) > len(best.split())
 
 
 __all__ = ["STRATEGIES", "PersonaWriter", "Strategy", "WrittenPersona"]

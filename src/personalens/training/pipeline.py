@@ -237,7 +237,15 @@ class TrainPipeline:
 
     def _writer(self, model: ChatModel, user: UserWindows | RefineContext) -> PersonaWriter:
         s = self.config.sampling
-        return PersonaWriter(model, domain=user.domain, scale=user.scale, min_words=s.min_words, max_words=s.max_words)
+        # reask_unchanged off: candidates are the policy's own answers (a copy of the old persona earns reward 0)
+        return PersonaWriter(
+            model,
+            domain=user.domain,
+            scale=user.scale,
+            min_words=s.min_words,
+            max_words=s.max_words,
+            reask_unchanged=False,
+        )
 
     # ------------------------------------------------------------------------------------------------ stages
 
