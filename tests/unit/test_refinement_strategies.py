@@ -122,3 +122,12 @@ def test_regenerations_and_training_samples_are_never_re_asked_for_sameness():
     model = ScriptedChatModel([LONG])
     out = _writer(model, reask_unchanged=False).update("refine", LONG, [W0, W1])
     assert len(model.calls) == 1 and out.text == LONG and not out.unchanged
+
+
+def test_a_copy_with_a_tail_that_the_length_cut_removes_is_still_a_copy():
+    old = " ".join(f"Sentence number {i} about taste." for i in range(10))  # 50 words
+    tail = "And then a long closing remark that runs on and on past the limit of sixty words here."  # cut away
+    revised = old.replace("taste", "pace")
+    model = ScriptedChatModel([old + " " + tail, revised])
+    out = _writer(model).update("refine", old, [W0, W1])
+    assert out.text == revised and out.attempts == 2 and not out.unchanged

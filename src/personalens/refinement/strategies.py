@@ -99,7 +99,7 @@ class PersonaWriter:
         raws: list[str] = []
         convo = list(messages)
         best = ""
-        old = " ".join(replaces.split()) if replaces is not None and self.reask_unchanged else None
+        old = bound_words(replaces, self.max_words)[0] if replaces is not None and self.reask_unchanged else None
         for _ in range(self.max_attempts):
             request = ChatRequest.of(
                 convo,
@@ -113,8 +113,10 @@ class PersonaWriter:
             result = self.model.chat(request)
             usage = usage + result.usage
             raws.append(result.text)
-            text = clean_persona_text(result.text)
-            echoed = old is not None and " ".join(text.split()) == old
+            # judged as it would be stored: cut to max_words (an answer that is the old persona plus a tail that
+            # the cut removes is still the old persona)
+            text, _ = bound_words(clean_persona_text(result.text), self.max_words)
+            echoed = old is not None and text == old
             if _better(text, echoed, best, old):
                 best = text
             if len(text.split()) >= self.min_words and not echoed:
@@ -131,14 +133,14 @@ class PersonaWriter:
             ]
         if len(best.split()) < 5:
             raise LLMOutputError(f"persona answer empty or too short after {len(raws)} attempts", raw=raws)
-        text, _ = bound_words(best, self.max_words)
+        text = best
         return WrittenPersona(
             text,
             usage,
             attempts=len(raws),
             short=len(text.split()) < self.min_words,
             leaked=find_leaked_titles(text, [x.text for x in items]),
-            unchanged=old is not None and " ".join(best.split()) == old,
+            unchanged=old is not None and best == old,
         )
 
     def initial(self, window: Sequence[RatedItem]) -> WrittenPersona:
@@ -206,7 +208,7 @@ class PersonaWriter:
 def _better(text: str, echoed: bool, best: str, old: str | None) -> bool:
     """Whether an attempt's answer beats the best so far: any revision beats a copy of the old persona, then the
     longer answer wins."""
-    best_echoed = old is not None and " ".join(best.split()) == old
+    best_echoed = old is not None and best == old
     if best and echoed != best_echoed:
         return best_echoed
     return len(text.split()) > len(best.split())
