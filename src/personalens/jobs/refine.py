@@ -281,12 +281,7 @@ class RefineJob:
                     "strategy": "initial",
                     "committed": True,
                     "usage": written.usage.to_dict(),
-                    "flags": {
-                        "short": written.short,
-                        "leaked": list(written.leaked),
-                        "attempts": written.attempts,
-                        "unchanged": written.unchanged,
-                    },
+                    "flags": {"short": written.short, "leaked": list(written.leaked), "attempts": written.attempts},
                 }
                 saved = self._save(
                     user,
