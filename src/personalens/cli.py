@@ -1087,6 +1087,9 @@ def train(
                 progress.update(bar, completed=payload["step"], description=f"DPO step {payload['step']}")
             elif kind in ("context", "failed", "row"):
                 progress.advance(bar)
+            elif kind == "config_changed":
+                changed = ", ".join(payload["settings"])
+                progress.console.print(f"settings changed since the last run in this folder: {changed}")
 
         pipeline = TrainPipeline(
             config,

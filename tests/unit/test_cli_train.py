@@ -33,7 +33,7 @@ def cli(tmp_path, monkeypatch):
         def run(*args, code=0):
             result = runner.invoke(app, ["--json", "--base-url", server.base_url, *args])
             assert result.exit_code == code, result.output + repr(result.exception)
-            return json.loads(result.output) if code == 0 else result.output + repr(result.exception)
+            return json.loads(result.stdout) if code == 0 else result.output + repr(result.exception)
 
         run.server = server
         yield run
@@ -65,6 +65,11 @@ def test_train_samples_resumes_and_reports_a_run_without_pairs(cli, tmp_path):
     requests = len(cli.server.requests)
     again = cli("train", "t.toml", "--out", "run", "--until", "sampling")
     assert again["stages"][1]["reused"] == 3 and len(cli.server.requests) == requests
+    assert "config_changed" not in again
+    # thresholds of a stage not yet run may change; the summary says which settings did
+    (tmp_path / "t.toml").write_text(CONFIG + "[pairs]\npositive_min = 0.4\nmargin = 0.4\n")
+    changed = cli("train", "t.toml", "--out", "run", "--until", "sampling")
+    assert changed["config_changed"] == ["pairs"] and len(cli.server.requests) == requests
     # every candidate predicts the same ratings, so no reward reaches τ+: no pair, a clear error, files kept
     output = cli("train", "t.toml", "--out", "run", "--until", "pairs", code=1)  # main() turns it into exit 2
     assert "no preference pair" in output

@@ -293,12 +293,15 @@ class TrainPipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         stamp = self.out / "config.json"
         current = json.dumps(self.config.to_dict(), indent=2, sort_keys=True, default=str)
-        if stamp.exists():
-            changed = check_config_change(json.loads(stamp.read_text()), json.loads(current), self.out)
-            if changed:
-                self.emit("config_changed", {"settings": changed})
+        changed = (
+            check_config_change(json.loads(stamp.read_text()), json.loads(current), self.out) if stamp.exists() else []
+        )
+        if changed:
+            self.emit("config_changed", {"settings": changed})
         stamp.write_text(current)
         summary: dict[str, Any] = {"name": self.config.name, "stages": []}
+        if changed:
+            summary["config_changed"] = changed
         try:
             self._run(stop, summary)
         finally:
