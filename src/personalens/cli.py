@@ -1220,6 +1220,11 @@ def eval_dynamic(
             def on_event(kind: str, payload: dict[str, Any]) -> None:
                 if kind == "start":
                     progress.update(bar, total=payload["runs"])
+                elif kind == "stale":
+                    err.print(
+                        f"{payload['rows']} rows were written with another configuration of their method; moved to"
+                        f" {payload['file']} and redone"
+                    )
                 else:
                     progress.update(bar, advance=1, description=f"{payload['domain']} user {payload['user']}")
 
@@ -1230,6 +1235,7 @@ def eval_dynamic(
         info = {
             "rows_written": summary.rows_written,
             "rows_already_done": summary.rows_skipped,
+            "rows_stale": summary.rows_stale,
             "failed": len(summary.failures),
             "usage": summary.usage.to_dict(),
             "seconds": round(summary.seconds, 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -289,3 +290,26 @@ def test_updates_that_copy_the_old_persona_back_are_counted():
     assert table["refine+verified"]["committed_share"] == pytest.approx(2 / 3)
     plain = summarise([_row("d", "a", "refine", 1.0, [0.9])])["d"]["refine"]
     assert plain["unchanged_share"] is None  # rows without persona texts
+
+
+def test_rows_from_an_older_method_configuration_are_moved_aside_and_redone(tmp_path):
+    config = dataclasses.replace(_config(tmp_path), strategies=("refine", "slide_regen"), verified=())
+    out = tmp_path / "out"
+    DynamicExperiment(config, out, model=_model(), predictor=LevelPredictor()).run()
+    rows_path = out / "rows.jsonl"
+    rows = read_dynamic_rows(rows_path)
+    # the rows as written before the copy re-ask sampled: the writer's config had no re-ask settings
+    for r in rows:
+        r["config"].get("writer", {}).pop("reask_sampling", None)
+    assert all("reask_sampling" not in r["config"].get("writer", {}) for r in rows)
+    rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again = DynamicExperiment(config, out, model=_model(), predictor=LevelPredictor()).run()
+    # a regeneration never re-asks for a copy, so its rows (and the reference's) still match and stay
+    assert again.rows_stale == 2 and again.rows_written == 2 and again.rows_skipped == 4
+    stale = read_dynamic_rows(out / "stale.jsonl")
+    assert [r["method"] for r in stale] == ["refine", "refine"]
+    now = read_dynamic_rows(rows_path)
+    assert sorted((r["user"], r["method"]) for r in now) == sorted({(r["user"], r["method"]) for r in now})
+    assert all(r["config"]["writer"]["reask_sampling"]["temperature"] == 0.7 for r in now if r["method"] == "refine")
+    third = DynamicExperiment(config, out, model=_model(), predictor=LevelPredictor()).run()
+    assert third.rows_stale == 0 and third.rows_written == 0

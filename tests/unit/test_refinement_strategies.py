@@ -7,7 +7,7 @@ import pytest
 from personalens.errors import LLMOutputError
 from personalens.llm.testing import ScriptedChatModel
 from personalens.refinement.prompts import RatedItem
-from personalens.refinement.strategies import PersonaWriter
+from personalens.refinement.strategies import PersonaWriter, ReaskSampling
 
 LONG = " ".join(["Enjoys careful storytelling and warm characters."] * 6)  # 36 words
 W0 = [RatedItem("Alpha Saga", 5.0), RatedItem("Beta Blues", 1.5)]
@@ -131,3 +131,35 @@ def test_a_copy_with_a_tail_that_the_length_cut_removes_is_still_a_copy():
     model = ScriptedChatModel([old + " " + tail, revised])
     out = _writer(model).update("refine", old, [W0, W1])
     assert out.text == revised and out.attempts == 2 and not out.unchanged
+
+
+def test_the_copy_re_ask_samples_while_a_short_answer_re_ask_keeps_the_callers_settings():
+    revised = LONG.replace("warm", "bold")
+    model = ScriptedChatModel([LONG, revised])
+    _writer(model).update("refine", LONG, [W0, W1], sample=3)
+    first, reask = model.calls
+    assert (first.temperature, first.top_p, first.repetition_penalty) == (0.0, None, None)
+    assert (reask.temperature, reask.top_p, reask.repetition_penalty) == (0.7, 0.95, 1.1)
+    assert reask.seed == 3 and reask.sample == 3  # reproducible, and cached apart from other samples
+    model = ScriptedChatModel(["Too short.", LONG])
+    _writer(model).update("refine", "Old persona.", [W0, W1])
+    assert [c.temperature for c in model.calls] == [0.0, 0.0]  # not a copy: the length re-ask stays greedy
+
+
+def test_the_copy_re_ask_sampling_is_configurable_and_never_cools_a_hotter_caller():
+    revised = LONG.replace("warm", "bold")
+    model = ScriptedChatModel([LONG, revised])
+    _writer(model, reask_sampling=None).update("inc_update", LONG, [W0, W1])
+    assert [c.temperature for c in model.calls] == [0.0, 0.0]
+    model = ScriptedChatModel([LONG, revised])
+    _writer(model, reask_sampling=ReaskSampling(temperature=1.0, top_p=0.9)).update("inc_update", LONG, [W0, W1])
+    assert (model.calls[1].temperature, model.calls[1].top_p) == (1.0, 0.9)
+    model = ScriptedChatModel([LONG, revised])  # a verified candidate sampled at 0.8 keeps its own settings
+    _writer(model).update("refine", LONG, [W0, W1], temperature=0.8, sample=2)
+    assert [c.temperature for c in model.calls] == [0.8, 0.8] and model.calls[1].top_p is None
+
+
+def test_writer_config_names_the_re_ask_settings():
+    config = _writer(ScriptedChatModel([])).config()
+    assert config["reask_sampling"] == {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.1}
+    assert _writer(ScriptedChatModel([]), reask_sampling=None).config()["reask_sampling"] is None

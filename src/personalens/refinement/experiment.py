@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -64,6 +65,7 @@ from personalens.refinement.strategies import STRATEGIES, PersonaWriter
 from personalens.refinement.windows import UserWindows, windows_from_deeper
 
 ROWS_FILE = "rows.jsonl"
+STALE_FILE = "stale.jsonl"
 FIG4_FILE = "fig4_future_mae.png"
 TABLE2_PLOT_FILE = "table2_persona_words.png"
 # Plot key -> (file name, alt text in results.md); the keys are also the keys write_dynamic_report returns.
@@ -169,6 +171,7 @@ def sample_users(users: list[UserWindows], n: int, seed: int, rounds: int) -> li
 class DynamicSummary:
     rows_written: int = 0
     rows_skipped: int = 0
+    rows_stale: int = 0  # rows from an earlier configuration of a method, moved to stale.jsonl and redone
     failures: dict[str, str] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     seconds: float = 0.0
@@ -207,8 +210,9 @@ class DynamicExperiment:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
         rows_path = self.out_dir / ROWS_FILE
-        done = {(r["domain"], r["user"], r["method"]) for r in read_dynamic_rows(rows_path)}
         summary = DynamicSummary()
+        summary.rows_stale = self._retire_stale_rows(rows_path)
+        done = {(r["domain"], r["user"], r["method"]) for r in read_dynamic_rows(rows_path)}
         by_domain = self.users()
         total = sum(len(v) for v in by_domain.values()) * (len(self.config.methods()) + len(self.config.references))
         self.on_event("start", {"runs": total})
@@ -257,6 +261,46 @@ class DynamicExperiment:
                     self.on_event("run", {"domain": domain, "user": user.user_id, "method": method.label})
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def _method_configs(self) -> dict[str, dict[str, Any]]:
+        """Each method's configuration as its rows record it (user-independent: domain and scale are not in it)."""
+        out: dict[str, dict[str, Any]] = {ref: {"reference": ref} for ref in self.config.references}
+        for method in self.config.methods():
+            writer = PersonaWriter(
+                self.model,
+                domain="items",
+                scale=(1, 5, 1),
+                min_words=self.config.min_words,
+                max_words=self.config.max_words,
+            )
+            out[method.label] = DynamicRefiner(writer, self.predictor, method).describe()
+        return out
+
+    def _retire_stale_rows(self, rows_path: Path) -> int:
+        """Move rows whose recorded configuration differs from their method's current one (a changed prompt, model,
+        predictor or writer setting) to ``stale.jsonl``, so they are redone instead of mixed into the tables. Rows
+        of methods no longer configured are kept as they are. The rows file is replaced atomically after the stale
+        rows are safely appended, so a crash loses nothing."""
+        rows = read_dynamic_rows(rows_path)
+        if not rows:
+            return 0
+        wanted = self._method_configs()
+        # a round trip through JSON, so tuples and lists compare as the rows store them
+        wanted = json.loads(json.dumps(wanted))
+        keep = [r for r in rows if r["method"] not in wanted or r.get("config") == wanted[r["method"]]]
+        stale = [r for r in rows if r["method"] in wanted and r.get("config") != wanted[r["method"]]]
+        if not stale:
+            return 0
+        with open(self.out_dir / STALE_FILE, "a", encoding="utf-8") as sink:
+            for r in stale:
+                sink.write(json.dumps(r) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+        tmp = rows_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+        os.replace(tmp, rows_path)
+        self.on_event("stale", {"rows": len(stale), "file": str(self.out_dir / STALE_FILE)})
+        return len(stale)
 
 
 def _row(domain: str, method: str, config: dict[str, Any], trace: UserTrace, seconds: float) -> dict[str, Any]:

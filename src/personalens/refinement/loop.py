@@ -17,7 +17,7 @@ from personalens.llm.base import ChatModel, Usage
 from personalens.prediction import predict_ratings
 from personalens.refinement.prompts import REFINEMENT_PROMPTS_VERSION, RatedItem
 from personalens.refinement.rewards import Rewards, WindowErrors, mean_absolute_error, rewards
-from personalens.refinement.strategies import STRATEGIES, PersonaWriter, Strategy
+from personalens.refinement.strategies import STRATEGIES, UPDATES_OLD_PERSONA, PersonaWriter, Strategy
 from personalens.refinement.verify import GateDecision, verify_update
 from personalens.refinement.windows import UserWindows
 
@@ -182,10 +182,18 @@ class DynamicRefiner:
             "candidates": self.config.candidates if self.config.verified else 1,
             "temperature": self.config.temperature if self.config.verified else 0.0,
             "min_gain": self.config.min_gain,
-            "writer": {"model": self.writer.model.model_id, "min_words": self.writer.min_words},
+            "writer": self._writer_config(),
             "predictor": self.predictor.config(),
             "prompts_version": REFINEMENT_PROMPTS_VERSION,
         }
+
+    def _writer_config(self) -> dict[str, Any]:
+        """The writer settings that can change this strategy's personas: a regeneration never sees the old persona,
+        so the copy re-ask cannot fire and its settings are left out (rows written before it existed stay valid)."""
+        config = {"model": self.writer.model.model_id, "min_words": self.writer.min_words}
+        if self.config.strategy in UPDATES_OLD_PERSONA and self.writer.reask_unchanged:
+            config["reask_sampling"] = self.writer.config()["reask_sampling"]
+        return config
 
     def _scored(self, persona: str, window: tuple[RatedItem, ...], user: UserWindows) -> tuple[float, list[float]]:
         key = (persona, window)

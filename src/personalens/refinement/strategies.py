@@ -21,6 +21,8 @@ from personalens.refinement.prompts import RatedItem
 
 Strategy = Literal["refine", "slide_regen", "full_regen", "inc_update", "hier_merge"]
 STRATEGIES: tuple[str, ...] = ("refine", "slide_regen", "full_regen", "inc_update", "hier_merge")
+# the strategies whose answer rewrites the old persona (so it can copy it back; the regenerations never see it)
+UPDATES_OLD_PERSONA: tuple[str, ...] = ("refine", "inc_update", "hier_merge")
 
 
 class _SamplingKw(TypedDict):
@@ -51,11 +53,27 @@ class WrittenPersona:
     unchanged: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ReaskSampling:
+    """How the re-ask after a copied-back persona samples. A greedy re-ask of the 1.5B model mostly copies again
+    (it revised 1 of 20 copies in the dynamic benchmark); replaying re-asks at T = 0.7 with top-p 0.95 and
+    repetition penalty 1.1 revised 3 of 4. The seed is the request's ``sample``, so the re-ask is reproducible and
+    cached like any other request. A caller already sampling hotter than ``temperature`` keeps its own setting."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    repetition_penalty: float = 1.1
+
+    def to_dict(self) -> dict[str, float]:
+        return {"temperature": self.temperature, "top_p": self.top_p, "repetition_penalty": self.repetition_penalty}
+
+
 class PersonaWriter:
     """Writes and updates personas with one model. ``temperature``/``sample`` select fresh samples (the verified
     mode asks for several candidates of one update). A small model asked to update a persona often copies it back
-    unchanged; ``reask_unchanged`` then asks once more (within ``max_attempts``) for a revision. Self-sampling for
-    training turns it off, so the candidates are the model's own answers."""
+    unchanged; ``reask_unchanged`` then asks once more (within ``max_attempts``) for a revision, sampled as
+    ``reask_sampling`` says (``None``: with the caller's own settings). Self-sampling for training turns the re-ask
+    off, so the candidates are the model's own answers."""
 
     def __init__(
         self,
@@ -67,6 +85,7 @@ class PersonaWriter:
         max_words: int = 320,
         max_attempts: int = 2,
         reask_unchanged: bool = True,
+        reask_sampling: ReaskSampling | None = ReaskSampling(),
     ) -> None:
         if not 0 < min_words <= max_words:
             raise ValueError("need 0 < min_words <= max_words")
@@ -79,6 +98,18 @@ class PersonaWriter:
         self.max_words = max_words
         self.max_attempts = max_attempts
         self.reask_unchanged = reask_unchanged
+        self.reask_sampling = reask_sampling
+
+    def config(self) -> dict[str, object]:
+        """The settings that shape what this writer stores (part of a run's configuration digest)."""
+        return {
+            "model": self.model.model_id,
+            "min_words": self.min_words,
+            "max_words": self.max_words,
+            "max_attempts": self.max_attempts,
+            "reask_unchanged": self.reask_unchanged,
+            "reask_sampling": None if self.reask_sampling is None else self.reask_sampling.to_dict(),
+        }
 
     def write(
         self,
@@ -93,9 +124,11 @@ class PersonaWriter:
     ) -> WrittenPersona:
         """One persona answer, cleaned and bounded; an answer under ``min_words`` is re-asked (showing the model its
         length) up to ``max_attempts`` times in all, then kept and flagged ``short``. An answer that is ``replaces``
-        (the persona being updated) word for word is re-asked the same way, then kept and flagged ``unchanged``.
-        An empty answer after every attempt raises :class:`LLMOutputError` with the raw answers."""
+        (the persona being updated) word for word is re-asked the same way, sampled per ``reask_sampling``, then kept
+        and flagged ``unchanged``. An empty answer after every attempt raises :class:`LLMOutputError` with the raw
+        answers."""
         usage = Usage()
+        settings = (temperature, top_p, repetition_penalty)
         raws: list[str] = []
         convo = list(messages)
         best = ""
@@ -104,9 +137,9 @@ class PersonaWriter:
             request = ChatRequest.of(
                 convo,
                 max_tokens=int(self.max_words * 1.6) + 48,
-                temperature=temperature,
-                top_p=top_p,
-                repetition_penalty=repetition_penalty,
+                temperature=settings[0],
+                top_p=settings[1],
+                repetition_penalty=settings[2],
                 seed=sample,
                 sample=sample,
             )
@@ -126,6 +159,9 @@ class PersonaWriter:
                 if echoed
                 else f"That profile has {len(text.split())} words; it needs {self.min_words} to {self.max_words}"
             )
+            if echoed and self.reask_sampling is not None and self.reask_sampling.temperature > settings[0]:
+                r = self.reask_sampling
+                settings = (r.temperature, r.top_p, r.repetition_penalty)
             convo = [
                 *messages,
                 *([] if not text else [Message("assistant", text)]),
@@ -214,4 +250,4 @@ def _better(text: str, echoed: bool, best: str, old: str | None) -> bool:
     return len(text.split()) > len(best.split())
 
 
-__all__ = ["STRATEGIES", "PersonaWriter", "Strategy", "WrittenPersona"]
+__all__ = ["STRATEGIES", "UPDATES_OLD_PERSONA", "PersonaWriter", "ReaskSampling", "Strategy", "WrittenPersona"]
