@@ -212,6 +212,24 @@ def test_a_setting_of_a_stage_not_yet_run_may_change_between_runs(tmp_path):
         _pipeline(tmp_path, trainer, {}, looser.replace("max_words = 80", "max_words = 90")).run(until="pairs")
 
 
+def test_training_settings_may_change_until_the_first_checkpoint(tmp_path):
+    trainer = FakeTrainer()
+    _pipeline(tmp_path, trainer, {}).run(until="pairs")
+    dpo = tmp_path / "out" / "iter1" / "dpo"
+    # a DPO run stopped before its first checkpoint: its run.json and log fix nothing
+    (dpo / "checkpoints").mkdir(parents=True)
+    (dpo / "run.json").write_text("{}")
+    (dpo / "train_log.jsonl").write_text('{"step": 1, "loss": 0.7}\n')
+    faster = CONFIG.replace("max_steps = 1", "max_steps = 3")
+    _pipeline(tmp_path, trainer, {}, faster).run(until="pairs")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["train"]["max_steps"] == 3
+    # once a checkpoint is complete the run can be resumed, so its settings are fixed
+    (dpo / "checkpoints" / "checkpoint-2").mkdir()
+    (dpo / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"train \(fixed by iter1/dpo\)"):
+        _pipeline(tmp_path, trainer, {}, faster.replace("max_steps = 3", "max_steps = 4")).run(until="pairs")
+
+
 def test_iteration2_draws_its_own_number_of_candidates(tmp_path):
     fewer = CONFIG.replace("max_words = 80", "max_words = 80\ncandidates_iteration2 = 4")
     _pipeline(tmp_path, FakeTrainer(), {}, fewer).run(until="iteration2")

@@ -10,7 +10,8 @@ the batch; the two agree when the chosen answers of a micro-batch have equal len
 
 Other differences from the released run, all deliberate:
 
-* float32 on CPU instead of bf16 on GPUs (``use_cpu``), and the base model may come from a GGUF file.
+* CPU by default (``use_cpu``), float32 unless ``bf16`` turns on torch's autocast, and the base model may come from a
+  GGUF file.
 * Sequences longer than ``max_length`` keep their start (TRL ``keep_start``), and pairs whose prompt alone fills
   ``max_length`` are dropped by TRL; LLaMA-Factory's ``cutoff_len`` shortens prompt and answer in proportion.
 * ``lora_dropout`` 0.2 is kept in the adapter config but, as in LLaMA-Factory's DPO trainer (which calls
@@ -104,7 +105,9 @@ class DPOTrainConfig:
     seed: int = 0
     # runtime
     use_cpu: bool = True
-    bf16: bool = False  # mixed precision on a GPU (DeePer's released run); the CPU path stays float32
+    # mixed precision: on a GPU as DeePer's released run; on a CPU with bf16 instructions (AVX512-BF16, AMX) torch's
+    # bf16 autocast is faster than float32 (benchmarks/deeper/train-small.toml); without them it can be slower
+    bf16: bool = False
     gradient_checkpointing: bool = True
     disable_dropout: bool = True
 
@@ -450,6 +453,15 @@ def _latest_checkpoint(directory: Path) -> tuple[Path, int] | None:
     return path, step
 
 
+def run_started(out_dir: str | Path) -> bool:
+    """Whether a DPO run in ``out_dir`` has anything to resume or keep: a complete checkpoint, a result or an adapter.
+    A run stopped before its first checkpoint has not, and may be restarted with other settings."""
+    out_dir = Path(out_dir)
+    if (out_dir / RESULT_FILE).exists() or (out_dir / ADAPTER_DIR).is_dir():
+        return True
+    return _latest_checkpoint(out_dir / CHECKPOINT_DIR) is not None
+
+
 def _truncate_log(path: Path, last_step: int) -> None:
     """Drop log lines past ``last_step`` (they are logged again when the resumed run passes those steps)."""
     if not path.exists():
@@ -480,8 +492,7 @@ def _prepare_out_dir(out_dir: Path, identity: dict[str, Any]) -> None:
     if run_file.exists():
         old = json.loads(run_file.read_text(encoding="utf-8"))
         diffs = _differences(old, identity)
-        started = _latest_checkpoint(out_dir / CHECKPOINT_DIR) is not None or (out_dir / RESULT_FILE).exists()
-        if diffs and not started:
+        if diffs and not run_started(out_dir):
             # a run that stopped before its first checkpoint left nothing to mix up: start it afresh
             (out_dir / LOG_FILE).unlink(missing_ok=True)
             _write_json(run_file, identity)
@@ -564,7 +575,7 @@ def _dpo_args(config: DPOTrainConfig, checkpoints: Path, has_val: bool) -> Any:
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
-        # runtime: float32 (the CPU path), no trackers, no progress bars (progress goes to on_log)
+        # runtime: float32 unless bf16 autocast, no trackers, no progress bars (progress goes to on_log)
         use_cpu=config.use_cpu,
         bf16=config.bf16,
         fp16=False,
@@ -787,6 +798,7 @@ __all__ = [
     "load_adapter_weights",
     "load_base_model",
     "load_pairs",
+    "run_started",
     "split_pairs",
     "train_dpo",
 ]

@@ -35,7 +35,7 @@ from personalens.refinement.loop import Predictor
 from personalens.refinement.strategies import PersonaWriter
 from personalens.refinement.windows import UserWindows, windows_from_deeper, windows_from_train_users
 from personalens.training.contexts import RefineContext, build_contexts, read_contexts
-from personalens.training.dpo import DPOTrainConfig
+from personalens.training.dpo import DPOTrainConfig, run_started
 from personalens.training.evaluate import compare_refiners, render_one_step, summarise_one_step
 from personalens.training.pairs import (
     PairConfig,
@@ -488,7 +488,7 @@ _FREE = {"name", "source"}
 def check_config_change(stored: Mapping[str, Any], current: Mapping[str, Any], out: Path) -> list[str]:
     """The settings that differ from the stored run's; raises ConfigError when one of them shapes output that exists."""
     changed = sorted(k for k in set(stored) | set(current) if k not in _FREE and stored.get(k) != current.get(k))
-    fixed = [k for k in changed if k not in _FIXED_BY or (out / _FIXED_BY[k]).exists()]
+    fixed = [k for k in changed if k not in _FIXED_BY or _written(out / _FIXED_BY[k])]
     if fixed:
         where = ", ".join(f"{k} (fixed by {_FIXED_BY.get(k, 'iter1/contexts.jsonl')})" for k in fixed)
         raise ConfigError(
@@ -496,6 +496,14 @@ def check_config_change(stored: Mapping[str, Any], current: Mapping[str, Any], o
             "it shapes was written; use another output directory"
         )
     return changed
+
+
+def _written(path: Path) -> bool:
+    """Whether the output at ``path`` exists; a DPO folder counts once it has a checkpoint or a result (a training
+    run stopped before its first checkpoint fixes nothing, so its settings may still change)."""
+    if path.name == "dpo":
+        return run_started(path)
+    return path.exists()
 
 
 def _reward_spread(sampled: Sequence[Any], setting: str) -> dict[str, Any]:
