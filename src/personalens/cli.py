@@ -1035,7 +1035,10 @@ def train(
     ] = None,
     until: Annotated[
         str,
-        typer.Option(help="Stop after this stage: contexts | sampling | pairs | train | iteration2 | evaluate."),
+        typer.Option(
+            help="Stop after this stage: contexts | sampling | pairs | train | evaluate-iter1 (the base model "
+            "against the iteration-1 adapter on held-out users) | iteration2 | evaluate."
+        ),
     ] = "evaluate",
     adapter_model: Annotated[
         str,
@@ -1046,8 +1049,9 @@ def train(
     ] = "{iteration}",
 ) -> None:
     """Train a refiner as DeePer does: contexts → self-sampled candidates with rewards → preference pairs → LoRA
-    DPO + SFT → iteration 2 → one-step comparison on held-out users. Resumable: rerun the same command; finished
-    stages are read back. Needs the train extra: pip install 'personalens\\[train]'."""
+    DPO + SFT → one-step comparison on held-out users → iteration 2 → the comparison again with its adapter.
+    Resumable: rerun the same command; finished stages are read back. Needs the train extra:
+    pip install 'personalens\\[train]'."""
     import dataclasses
 
     from personalens.factory import build_chat_model

@@ -5,7 +5,9 @@ the same held-out users once, from the same observation O1; the same predictor (
 being judged) scores S0 and each refined persona on the future window W2. Lower future MAE after refinement is
 better; the table also gives the change against S0 and the previous/current errors.
 
-Rows go to ``one_step.jsonl`` one per (user, refiner) as they finish, so the comparison is resumable.
+Rows go to ``one_step.jsonl`` one per (user, refiner) as they finish, so the comparison is resumable, and each row
+keeps the S0 it started from: a refiner added later (iteration 2 after iteration 1 was compared) starts from the very
+same S0 instead of a regenerated one.
 """
 
 from __future__ import annotations
@@ -43,16 +45,19 @@ def compare_refiners(
     path.parent.mkdir(parents=True, exist_ok=True)
     rows, _ = read_jsonl_rows(path)
     done = {(r["user"], r["refiner"]) for r in rows}
+    initial = {r["user"]: r["initial"] for r in rows if r.get("initial")}
     with path.open("a", encoding="utf-8") as sink:
         for user in users:
             if all((user.user_id, name) in done for name in refiners):
                 continue
             kw = {"domain": user.domain, "scale": user.scale, "min_words": min_words, "max_words": max_words}
-            try:
-                s0 = PersonaWriter(initial_writer, **kw).initial(user.windows[0]).text  # type: ignore[arg-type]
-            except PersonaLensError as exc:
-                emit("failed", {"user": user.user_id, "error": str(exc)})
-                continue
+            s0 = initial.get(user.user_id)
+            if s0 is None:
+                try:
+                    s0 = PersonaWriter(initial_writer, **kw).initial(user.windows[0]).text  # type: ignore[arg-type]
+                except PersonaLensError as exc:
+                    emit("failed", {"user": user.user_id, "error": str(exc)})
+                    continue
             for name, model in refiners.items():
                 if (user.user_id, name) in done:
                     continue
@@ -79,6 +84,7 @@ def compare_refiners(
                         "future": record.after.future,
                     },
                     "persona_words": len(record.persona.split()),
+                    "initial": s0,
                     "persona": record.persona,
                     "usage": record.usage.to_dict(),
                 }

@@ -48,7 +48,9 @@ from personalens.training.pairs import (
 )
 from personalens.training.sampling import SamplingConfig, run_sampling
 
-STAGES = ("contexts", "sampling", "pairs", "train", "iteration2", "evaluate")
+# "evaluate-iter1" compares the base model with the iteration-1 adapter as soon as that exists, so the first
+# before/after table does not wait for iteration 2; "evaluate" adds the iteration-2 adapter to the same rows.
+STAGES = ("contexts", "sampling", "pairs", "train", "evaluate-iter1", "iteration2", "evaluate")
 PAIRS_FILE = "pairs.jsonl"
 ADAPTER_GGUF = "adapter.gguf"
 
@@ -371,14 +373,20 @@ class TrainPipeline:
         if stop == 3:
             return
 
-        if cfg.iterations == 2:
-            refiners["iteration 2"] = self._iteration2(
-                users, contexts1, pairs1, refiners["iteration 1"], result1, summary
-            )
-        if stop == 4:
+        self._evaluate(refiners, "evaluate:iter1", summary)
+        if stop == 4 or cfg.iterations == 1:
             return
 
-        report = self._stage("evaluate")
+        refiners["iteration 2"] = self._iteration2(users, contexts1, pairs1, refiners["iteration 1"], result1, summary)
+        if stop == 5:
+            return
+
+        self._evaluate(refiners, "evaluate", summary)
+
+    def _evaluate(self, refiners: Mapping[str, ChatModel], stage: str, summary: dict[str, Any]) -> None:
+        """One-step refinement of the held-out users by every refiner; rows already written are read back."""
+        cfg = self.config
+        report = self._stage(stage)
         t0 = time.perf_counter()
         heldout = self.heldout_users()
         s = cfg.sampling
@@ -386,15 +394,16 @@ class TrainPipeline:
             heldout,
             refiners,
             self.out / "eval",
-            initial_writer=base,
+            initial_writer=refiners["base"],
             predictor=self.predictor,
             min_words=s.min_words,
             max_words=s.max_words,
             on_event=self.emit,
         )
+        rows = [r for r in rows if r["refiner"] in refiners]
         (self.out / "eval" / "one_step.md").write_text(render_one_step(rows))
         report.seconds = time.perf_counter() - t0
-        report.details = {"users": len(heldout), "summary": summarise_one_step(rows)}
+        report.details = {"users": len(heldout), "refiners": list(refiners), "summary": summarise_one_step(rows)}
         summary["one_step"] = render_one_step(rows)
 
     def _iteration2(
