@@ -75,6 +75,54 @@ def test_short_answer_is_re_asked_once_then_flagged():
     assert info.value.raw == ["", ""]
 
 
+HALF = " ".join(["Enjoys slow films with care."] * 5)  # 25 words: under min_words (30), enough to extend
+MORE = " ".join(["Dislikes loud sequels."] * 4)  # 12 words
+
+
+def test_a_short_answer_is_extended_with_the_missing_paragraphs():
+    model = ScriptedChatModel([HALF, MORE])
+    out = _writer(model).initial(W0)
+    assert out.text == f"{HALF} {MORE}" and not out.short and out.attempts == 2
+    follow_up = model.calls[1].messages
+    assert follow_up[-2].role == "assistant" and follow_up[-2].content == HALF  # the model sees what it wrote
+    asked = follow_up[-1].content
+    assert "has 25 words" in asked and "Do not repeat" in asked
+    # asked past the minimum (30 - 25 + 10 = 15) up to the room left (60 - 25 = 35)
+    assert "15 to 35 more words" in asked
+    # the stitched profile is bounded like any answer
+    model = ScriptedChatModel([HALF, " ".join(["Dislikes loud sequels."] * 20)])
+    out = _writer(model).initial(W0)
+    assert len(out.text.split()) <= 60 and out.text.startswith(HALF)
+
+
+def test_an_extension_that_stays_short_is_extended_again_within_the_attempts_then_flagged():
+    model = ScriptedChatModel([HALF, "Also likes tea.", "Dislikes noise."])
+    out = _writer(model, max_attempts=3).initial(W0)
+    assert out.text == f"{HALF} Also likes tea. Dislikes noise." and out.attempts == 3 and not out.short
+    model = ScriptedChatModel([HALF, "Also likes tea."])
+    out = _writer(model).initial(W0)
+    assert out.text == f"{HALF} Also likes tea." and out.short  # 28 words after the two attempts
+
+
+def test_rewrite_mode_and_a_near_empty_answer_ask_for_the_whole_profile_again():
+    model = ScriptedChatModel([HALF, MORE])
+    out = _writer(model, short_answers="rewrite").initial(W0)
+    assert out.text == HALF and out.short  # two single replies; the longer one is kept
+    assert "Write the complete profile again" in _prompt(model)
+    model = ScriptedChatModel(["Enjoys slow films.", LONG])  # 3 words, under a quarter of 30: nothing to build on
+    out = _writer(model).initial(W0)
+    assert out.text == LONG and "Write the complete profile again" in _prompt(model)
+    with pytest.raises(ValueError, match="short_answers"):
+        _writer(ScriptedChatModel([]), short_answers="pad")
+
+
+def test_a_copy_is_re_asked_in_full_even_when_it_is_short():
+    old = HALF
+    model = ScriptedChatModel([old, LONG])
+    out = _writer(model).update("refine", old, [W0, W1])
+    assert out.text == LONG and "unchanged" in _prompt(model) and "Do not repeat" not in _prompt(model)
+
+
 def test_leaked_titles_are_reported_and_length_is_bounded():
     model = ScriptedChatModel([LONG + " Loved Alpha Saga. " + LONG])
     out = _writer(model).initial(W0)
@@ -163,3 +211,4 @@ def test_writer_config_names_the_re_ask_settings():
     config = _writer(ScriptedChatModel([])).config()
     assert config["reask_sampling"] == {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.1}
     assert _writer(ScriptedChatModel([]), reask_sampling=None).config()["reask_sampling"] is None
+    assert config["short_answers"] == "extend"

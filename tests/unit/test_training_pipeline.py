@@ -13,6 +13,7 @@ import pytest
 
 from personalens.errors import ConfigError
 from personalens.llm.base import Usage
+from personalens.llm.base import user as user_message
 from personalens.llm.testing import ScriptedChatModel
 from personalens.training.pipeline import TrainPipeline, load_train_config, parse_train_config
 
@@ -276,6 +277,19 @@ def test_one_iteration_ends_with_the_first_comparison(tmp_path):
     summary = _pipeline(tmp_path, FakeTrainer(), {}, CONFIG.replace("iterations = 2", "iterations = 1")).run()
     assert [s["stage"] for s in summary["stages"]][-2:] == ["train:iter1", "evaluate:iter1"]
     assert not (tmp_path / "out" / "iter2").exists()
+
+
+def test_training_candidates_are_single_replies_of_the_policy(tmp_path):
+    # a short candidate is asked for again in full, never stitched from two replies, and a copy is not re-asked
+    short = "Rates everything at level 2."  # 5 words, under min_words = 10 but enough to extend
+    model = ScriptedChatModel([short + " Likes toys.", short + " Likes toys a lot, truly, and often."])
+    pipeline = _pipeline(tmp_path, FakeTrainer(), {})
+    user = pipeline.train_users()[0]
+    writer = pipeline._writer(model, user)
+    out = writer.write([user_message("Describe the person.")], [], temperature=1.0)
+    assert out.text == short + " Likes toys a lot, truly, and often." and out.attempts == 2
+    assert "Write the complete profile again" in model.calls[1].messages[-1].content
+    assert not writer.reask_unchanged
 
 
 def test_config_errors_name_the_section_and_key():

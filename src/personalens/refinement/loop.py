@@ -190,7 +190,11 @@ class DynamicRefiner:
     def _writer_config(self) -> dict[str, Any]:
         """The writer settings that can change this strategy's personas: a regeneration never sees the old persona,
         so the copy re-ask cannot fire and its settings are left out (rows written before it existed stay valid)."""
-        config = {"model": self.writer.model.model_id, "min_words": self.writer.min_words}
+        config: dict[str, Any] = {
+            "model": self.writer.model.model_id,
+            "min_words": self.writer.min_words,
+            "short_answers": self.writer.short_answers,
+        }
         if self.config.strategy in UPDATES_OLD_PERSONA and self.writer.reask_unchanged:
             config["reask_sampling"] = self.writer.config()["reask_sampling"]
         return config

@@ -239,7 +239,8 @@ class TrainPipeline:
 
     def _writer(self, model: ChatModel, user: UserWindows | RefineContext) -> PersonaWriter:
         s = self.config.sampling
-        # reask_unchanged off: candidates are the policy's own answers (a copy of the old persona earns reward 0)
+        # candidates are the policy's own single answers: no copy re-ask (a copy of the old persona earns reward 0)
+        # and a short answer is asked for again in full, never stitched from two replies
         return PersonaWriter(
             model,
             domain=user.domain,
@@ -247,6 +248,7 @@ class TrainPipeline:
             min_words=s.min_words,
             max_words=s.max_words,
             reask_unchanged=False,
+            short_answers="rewrite",
         )
 
     # ------------------------------------------------------------------------------------------------ stages
