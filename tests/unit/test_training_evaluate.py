@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import re
+import statistics
 
 from personalens.llm.base import Usage
 from personalens.llm.testing import ScriptedChatModel
 from personalens.refinement.prompts import RatedItem
 from personalens.refinement.windows import UserWindows
-from personalens.training.evaluate import compare_refiners, render_one_step, summarise_one_step
+from personalens.training.evaluate import compare_refiners, paired_against, render_one_step, summarise_one_step
 
 FILLER = " ".join(["The person weighs story, pace and tone with care."] * 3)
 
@@ -80,3 +82,31 @@ def test_users_missing_a_refiner_are_left_out_of_the_table():
         row | {"user": "b", "refiner": "x"},
     ]
     assert summarise_one_step(rows)["d"]["x"]["users"] == 1
+
+
+def test_refiners_are_compared_with_the_base_user_by_user():
+    def row(user, refiner, future, domain="d"):
+        return {
+            "domain": domain,
+            "user": user,
+            "refiner": refiner,
+            "before": {"previous": 1, "current": 1, "future": 1},
+            "after": {"previous": 1, "current": 1, "future": future},
+        }
+
+    rows = [
+        row("a", "base", 1.0), row("a", "iteration 1", 0.5),
+        row("b", "base", 0.8), row("b", "iteration 1", 0.8),
+        row("c", "base", 0.4, "e"), row("c", "iteration 1", 0.7, "e"),
+        row("d", "iteration 1", 0.0),  # no base row: not paired
+    ]  # fmt: skip
+    p = paired_against(rows)["iteration 1"]
+    assert p["users"] == 3 and (p["lower"], p["equal"], p["higher"]) == (1, 1, 1)
+    assert abs(p["mean_diff"] - (-0.5 + 0.0 + 0.3) / 3) < 1e-12
+    assert abs(p["se"] - statistics.stdev([-0.5, 0.0, 0.3]) / 3**0.5) < 1e-12
+    assert "base" not in paired_against(rows)
+    md = render_one_step(rows)
+    assert "| iteration 1 | 3 | -0.067 ± 0.233 | 1 / 1 / 1 |" in md
+    single = paired_against(rows[:2])["iteration 1"]
+    assert single["users"] == 1 and math.isnan(single["se"])
+    assert "| iteration 1 | 1 | -0.500 | 1 / 0 / 0 |" in render_one_step(rows[:2])

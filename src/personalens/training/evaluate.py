@@ -13,6 +13,7 @@ same S0 instead of a regenerated one.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -122,6 +123,32 @@ def summarise_one_step(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str,
     return out
 
 
+def paired_against(rows: Sequence[Mapping[str, Any]], reference: str = "base") -> dict[str, dict[str, float]]:
+    """Each other refiner against ``reference`` user by user, over every domain at once: the mean difference of the
+    refined personas' future MAE (negative: better than the reference), its standard error, and on how many users
+    it was lower, equal or higher. A held-out set of tens of users is small; this says whether a difference in the
+    means is more than noise."""
+    by_user: dict[tuple[str, str], dict[str, float]] = {}
+    for r in rows:
+        by_user.setdefault((r["domain"], r["user"]), {})[r["refiner"]] = float(r["after"]["future"])
+    names = sorted({r["refiner"] for r in rows} - {reference})
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        diffs = [per[name] - per[reference] for per in by_user.values() if name in per and reference in per]
+        if not diffs:
+            continue
+        se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+        out[name] = {
+            "users": float(len(diffs)),
+            "mean_diff": statistics.fmean(diffs),
+            "se": se,
+            "lower": float(sum(d < 0 for d in diffs)),
+            "equal": float(sum(d == 0 for d in diffs)),
+            "higher": float(sum(d > 0 for d in diffs)),
+        }
+    return out
+
+
 def render_one_step(rows: Sequence[Mapping[str, Any]], *, title: str = "One-step refinement on held-out users") -> str:
     table = summarise_one_step(rows)
     lines = [
@@ -141,7 +168,23 @@ def render_one_step(rows: Sequence[Mapping[str, Any]], *, title: str = "One-step
                 f"{c['before_previous']:.3f} → {c['after_previous']:.3f} | "
                 f"{c['before_current']:.3f} → {c['after_current']:.3f} |"
             )
+    paired = paired_against(rows)
+    if paired:
+        lines += [
+            "",
+            "Against the base model's refinement, user by user over all domains (future MAE of the refined persona; "
+            "negative is better; ± one standard error):",
+            "",
+            "| refiner | users | mean difference | lower / equal / higher |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, p in paired.items():
+            se = "" if math.isnan(p["se"]) else f" ± {p['se']:.3f}"
+            lines.append(
+                f"| {name} | {int(p['users'])} | {p['mean_diff']:+.3f}{se} | "
+                f"{int(p['lower'])} / {int(p['equal'])} / {int(p['higher'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["ONE_STEP_FILE", "compare_refiners", "render_one_step", "summarise_one_step"]
+__all__ = ["ONE_STEP_FILE", "compare_refiners", "paired_against", "render_one_step", "summarise_one_step"]
