@@ -104,7 +104,10 @@ class LlamaCppModel:
         params.model.path = str(path)
         params.n_ctx = self.n_ctx
         params.n_batch = self.n_batch
-        params.n_parallel = 1  # one slot: consecutive requests with a shared prefix reuse its KV cache
+        # one slot: consecutive requests with a shared prefix reuse its KV cache. Batching k requests in k slots
+        # barely pays on 2 cores (1.07x the tokens per second at k = 2, 1.16x at k = 4:
+        # benchmarks/bench_parallel_decode.py), so decoding here is bound by compute, not memory bandwidth.
+        params.n_parallel = 1
         params.cpuparams.n_threads = self.n_threads
         params.cpuparams_batch.n_threads = self.n_threads
         params.warmup = False
