@@ -24,6 +24,7 @@ from personalens.training.dpo import (  # noqa: E402
     adapter_weight_delta,
     load_adapter_weights,
     load_base_model,
+    split_pairs,
     train_dpo,
 )
 
@@ -213,6 +214,29 @@ def test_dpo_run_trains_logs_and_finishes_once(tiny_model, tmp_path):
     other_pairs = _write_jsonl(tmp_path / "other.jsonl", _pairs(6))
     with pytest.raises(ConfigError, match="pairs_sha256"):
         train_dpo(other_pairs, tiny_model, out, config)
+
+
+def test_best_eval_loss_saves_the_checkpoint_with_the_lowest_validation_loss(tiny_model, tmp_path):
+    rows = _pairs()
+    config = _config(max_steps=4, eval_steps=1, save_steps=1, final_adapter="best_eval_loss")
+    # The validation pairs prefer the opposite of what training teaches, so their loss rises as training goes on and
+    # the best evaluation is an early one, not the last.
+    _, val = split_pairs(rows, config.val_share, config.seed)
+    flipped = {id(r) for r in val}
+    rows = [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} if id(r) in flipped else r for r in rows]
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", rows)
+    out = tmp_path / "run"
+    result = train_dpo(pairs, tiny_model, out, config)
+
+    evaluations = {e["step"]: e["eval_loss"] for e in _log(out) if "eval_loss" in e}
+    assert sorted(evaluations) == [1, 2, 3, 4]
+    best = min(evaluations, key=lambda step: (evaluations[step], step))
+    assert result.selected_step == best < result.global_step == 4
+    assert result.eval_loss == pytest.approx(evaluations[best])
+    checkpoints = out / "checkpoints"
+    assert adapter_weight_delta(result.adapter_dir, checkpoints / f"checkpoint-{best}") == 0
+    assert adapter_weight_delta(result.adapter_dir, checkpoints / "checkpoint-4") > 0
+    assert json.loads((out / "result.json").read_text())["selected_step"] == best
 
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path):

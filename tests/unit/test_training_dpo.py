@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from personalens.errors import ConfigError, DataError
-from personalens.training.dpo import DPOTrainConfig, load_pairs, split_pairs, train_dpo
+from personalens.training.dpo import DPOTrainConfig, best_evaluation, load_pairs, split_pairs, train_dpo
 
 
 def _pair(i: int, context: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -70,11 +70,34 @@ def test_from_dict_rejects_unknown_keys_naming_them():
         {"sft_weight": -0.1},
         {"reference": "previous"},
         {"per_device_train_batch_size": 2.5},
+        {"final_adapter": "best"},
+        {"final_adapter": "best_eval_loss", "val_share": 0.0},
+        {"final_adapter": "best_eval_loss", "eval_steps": 5, "save_steps": 2},
+        {"final_adapter": "best_eval_loss", "eval_steps": 4, "save_steps": 2, "save_total_limit": 3},
     ],
 )
 def test_config_rejects_bad_values(changes):
     with pytest.raises(ValueError):
         DPOTrainConfig(**changes)
+
+
+def test_best_eval_loss_needs_a_checkpoint_at_every_evaluation():
+    config = DPOTrainConfig(final_adapter="best_eval_loss", eval_steps=6, save_steps=2)
+    assert config.to_dict()["final_adapter"] == "best_eval_loss"
+    with pytest.raises(ValueError, match="multiple of save_steps"):
+        config.replace(eval_steps=5)
+
+
+def test_best_evaluation_takes_the_lowest_loss_and_the_earlier_of_a_tie():
+    logs = [
+        {"step": 10, "eval_loss": 0.568, "eval_rewards/accuracies": 0.6},
+        {"step": 20, "eval_loss": 0.591},
+        {"step": 5, "loss": 0.1},  # a training log, no eval_loss
+    ]
+    assert best_evaluation(logs)["step"] == 10
+    assert best_evaluation([{"step": 4, "eval_loss": 0.5}, {"step": 2, "eval_loss": 0.5}])["step"] == 2
+    with pytest.raises(ValueError, match="no evaluation"):
+        best_evaluation([{"step": 1, "loss": 0.3}])
 
 
 # ---------------------------------------------------------------------------------------------- pairs
@@ -246,6 +269,30 @@ def test_train_refuses_to_resume_a_run_with_other_settings(tmp_path):
     with pytest.raises(ConfigError) as info:
         train_dpo(pairs, tmp_path / "model", out, DPOTrainConfig())
     assert "config.beta: 0.1 -> 0.2" in str(info.value) and "pairs_sha256" in str(info.value)
+
+
+def test_a_run_stored_before_a_setting_existed_resumes_with_its_default(tmp_path, monkeypatch):
+    """Iteration 1 of a real run was trained before ``final_adapter`` existed; its run.json lacks the key, and the
+    run must stay finished rather than count as another configuration."""
+    import personalens.training.dpo as dpo
+
+    pairs = _write(tmp_path / "pairs.jsonl", [_pair(1)])
+    (tmp_path / "model").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    stored = DPOTrainConfig().to_dict()
+    del stored["final_adapter"]
+    identity = dpo._run_identity(DPOTrainConfig(), pairs, tmp_path / "model", None, None)
+    (out / "run.json").write_text(json.dumps({**identity, "config": stored}))
+    checkpoint = out / "checkpoints" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    monkeypatch.setattr(dpo, "_find_spec", lambda name: None)  # stop right after the out_dir checks
+    with pytest.raises(dpo.BackendUnavailable):
+        train_dpo(pairs, tmp_path / "model", out, DPOTrainConfig())
+    # a non-default value of the new setting is a real change
+    with pytest.raises(ConfigError, match="config.final_adapter: 'last' -> 'best_eval_loss'"):
+        train_dpo(pairs, tmp_path / "model", out, DPOTrainConfig(final_adapter="best_eval_loss"))
 
 
 def test_a_run_that_never_reached_a_checkpoint_restarts_with_new_settings(tmp_path, monkeypatch):

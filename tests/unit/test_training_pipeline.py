@@ -301,3 +301,46 @@ def test_config_errors_name_the_section_and_key():
         parse_train_config({"iterations": 3, "data": {"root": "x", "domains": ["d"]}})
     with pytest.raises(ConfigError, match="lora_rank"):
         parse_train_config({"data": {"root": "x", "domains": ["d"]}, "train": {"lora_rank": 0}})
+
+
+def test_iteration2_trains_with_its_own_overrides_and_they_may_change_until_it_starts(tmp_path):
+    trainer = FakeTrainer()
+    _pipeline(tmp_path, trainer, {}).run(until="evaluate-iter1")  # iteration 1 trained with [train] alone
+    overridden = CONFIG + "[train.iteration2]\nmax_steps = 2\n"
+    summary = _pipeline(tmp_path, trainer, {}, overridden).run()
+    assert summary["config_changed"] == ["train_iteration2"]  # [train] itself did not change
+    by_folder = {c["out_dir"].parent.name: c["config"] for c in trainer.calls}  # a rerun asks again for iter1
+    first, second = by_folder["iter1"], by_folder["iter2"]
+    assert (first.max_steps, second.max_steps) == (1, 2)
+    assert second.lora_rank == first.lora_rank == 4  # the rest comes from [train]
+    stored = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert stored["train_iteration2"]["max_steps"] == 2
+    # once iteration 2 has trained (a result in iter2/dpo), its settings are fixed
+    dpo2 = tmp_path / "out" / "iter2" / "dpo"
+    (dpo2 / "result.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"train_iteration2 \(fixed by iter2/dpo\)"):
+        _pipeline(tmp_path, trainer, {}, overridden.replace("max_steps = 2", "max_steps = 3")).run()
+
+
+def test_a_training_setting_added_after_a_run_started_is_not_a_change(tmp_path):
+    trainer = FakeTrainer()
+    _pipeline(tmp_path, trainer, {}).run(until="train")
+    (tmp_path / "out" / "iter1" / "dpo" / "result.json").write_text("{}")
+    stamp = tmp_path / "out" / "config.json"
+    stored = json.loads(stamp.read_text())
+    del stored["train"]["final_adapter"]  # as written before the setting existed
+    del stored["train_iteration2"]
+    stamp.write_text(json.dumps(stored))
+    summary = _pipeline(tmp_path, trainer, {}).run(until="train")
+    assert "config_changed" not in summary
+
+
+def test_iteration2_overrides_are_checked_like_the_train_section():
+    data = {"root": "x", "domains": ["d"]}
+    with pytest.raises(ConfigError, match=r"\[train.iteration2\].*'max_stepz'"):
+        parse_train_config({"data": data, "train": {"iteration2": {"max_stepz": 2}}})
+    with pytest.raises(ConfigError, match="multiple of save_steps"):
+        overrides = {"final_adapter": "best_eval_loss", "eval_steps": 5}
+        parse_train_config({"data": data, "train": {"save_steps": 2, "iteration2": overrides}})
+    config = parse_train_config({"data": data, "train": {"beta": 0.3}})
+    assert config.train_iteration2 is None and config.to_dict()["train_iteration2"] is None

@@ -69,6 +69,10 @@ class DPOTrainConfig:
     ``sft_weight`` is ``pref_ftx`` (TRL: the weight of the ``"sft"`` loss next to ``"sigmoid"``).
     ``max_length`` is ``cutoff_len``. ``val_share`` is ``val_size``, split by context (see :func:`split_pairs`).
     ``warmup_ratio`` (in [0, 1)), when set, replaces ``warmup_steps``. ``max_steps`` > 0 overrides the epochs.
+    ``final_adapter="best_eval_loss"`` saves the checkpoint with the lowest validation loss as the run's adapter
+    instead of the last one (LLaMA-Factory leaves ``load_best_model_at_end`` off, hence ``"last"``); it needs
+    validation pairs, checkpoints at every evaluation (``eval_steps`` a multiple of ``save_steps``) and all of
+    them kept (``save_total_limit`` None).
     """
 
     # LoRA
@@ -102,6 +106,7 @@ class DPOTrainConfig:
     save_steps: int = 100
     logging_steps: int = 5
     save_total_limit: int | None = None
+    final_adapter: Literal["last", "best_eval_loss"] = "last"
     seed: int = 0
     # runtime
     use_cpu: bool = True
@@ -159,6 +164,22 @@ class DPOTrainConfig:
             raise ValueError(f"DPOTrainConfig.val_share must be in [0, 1), not {self.val_share!r}")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ValueError(f"DPOTrainConfig.save_total_limit must be >= 1 or None, not {self.save_total_limit!r}")
+        if self.final_adapter not in ("last", "best_eval_loss"):
+            raise ValueError(
+                f"DPOTrainConfig.final_adapter must be 'last' or 'best_eval_loss', not {self.final_adapter!r}"
+            )
+        if self.final_adapter == "best_eval_loss":
+            if self.val_share == 0:
+                raise ValueError("DPOTrainConfig.final_adapter='best_eval_loss' needs validation pairs (val_share > 0)")
+            if self.eval_steps % self.save_steps:
+                raise ValueError(
+                    "DPOTrainConfig.final_adapter='best_eval_loss' needs a checkpoint at every evaluation: eval_steps "
+                    f"({self.eval_steps}) must be a multiple of save_steps ({self.save_steps})"
+                )
+            if self.save_total_limit is not None:
+                raise ValueError(
+                    "DPOTrainConfig.final_adapter='best_eval_loss' needs every checkpoint kept (save_total_limit None)"
+                )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DPOTrainConfig:
@@ -380,9 +401,10 @@ def load_base_model(path: str | Path, *, gguf_file: str | None = None) -> tuple[
 class DPOTrainResult:
     """What one :func:`train_dpo` call did. ``steps_run`` counts optimizer steps run by this call (0 when the run
     was already complete); ``global_step`` is where the run stands. ``train_loss`` is the last logged training loss;
-    ``eval_loss``/``eval_accuracy`` (``eval_rewards/accuracies``) come from the final evaluation on the
-    validation pairs, when there are any. ``train_pairs``/``val_pairs`` count the split; ``dropped_too_long``
-    counts the pairs TRL left out because their prompt alone fills ``max_length``."""
+    ``eval_loss``/``eval_accuracy`` (``eval_rewards/accuracies``) are the validation figures of the saved
+    adapter: the final evaluation's, or with ``final_adapter="best_eval_loss"`` those of ``selected_step``.
+    ``train_pairs``/``val_pairs`` count the split; ``dropped_too_long`` counts the pairs TRL left out because their
+    prompt alone fills ``max_length``."""
 
     out_dir: str
     adapter_dir: str
@@ -397,6 +419,7 @@ class DPOTrainResult:
     dropped_too_long: int = 0
     resumed_from_step: int | None = None
     already_complete: bool = False
+    selected_step: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -425,11 +448,17 @@ def _run_identity(
     }
 
 
+def config_defaults() -> dict[str, Any]:
+    """Every setting's default as ``to_dict`` writes it: a run stored before a setting existed ran with its default."""
+    return DPOTrainConfig().to_dict()
+
+
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     out = []
+    defaults = config_defaults()
     for key in sorted(set(old) | set(new)):
         if key == "config":
-            a, b = old.get(key) or {}, new.get(key) or {}
+            a, b = {**defaults, **(old.get(key) or {})}, {**defaults, **(new.get(key) or {})}
             out += [
                 f"config.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
             ]
@@ -733,11 +762,18 @@ def _train(
 
     metrics: dict[str, Any] = {k: v for k, v in output.metrics.items() if _to_float(v) is not None}
     eval_loss = eval_accuracy = None
+    selected_step = None
     if val_rows:
         # Trainer evaluates at the last step when eval_strategy="steps"; evaluate only if that did not happen.
         done = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == global_step]
-        evaluation = done[-1] if done else trainer.evaluate()
+        evaluation = done[-1] if done else {**trainer.evaluate(), "step": global_step}
         metrics.update({k: v for k, v in evaluation.items() if k != "step" and _to_float(v) is not None})
+        if config.final_adapter == "best_eval_loss":
+            evaluations = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") != global_step]
+            evaluation = best_evaluation([*evaluations, evaluation])
+            selected_step = int(evaluation["step"])
+            if selected_step != global_step:
+                _load_checkpoint_adapter(trainer.model, checkpoints / f"checkpoint-{selected_step}")
         eval_loss = _to_float(evaluation.get("eval_loss"))
         eval_accuracy = _to_float(evaluation.get("eval_rewards/accuracies"))
 
@@ -759,10 +795,31 @@ def _train(
         val_pairs=len(val_rows),
         dropped_too_long=len(train_rows) - kept_train + len(val_rows) - kept_val,
         resumed_from_step=latest[1] if latest else None,
+        selected_step=selected_step,
         metrics=metrics,
     )
     _write_json(out_dir / RESULT_FILE, result.to_dict())
     return result
+
+
+def best_evaluation(evaluations: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The evaluation log with the lowest ``eval_loss``; of equal losses the earliest step (less training)."""
+    scored = [e for e in evaluations if _to_float(e.get("eval_loss")) is not None and isinstance(e.get("step"), int)]
+    if not scored:
+        raise ValueError("no evaluation with an eval_loss and a step to choose from")
+    return min(scored, key=lambda e: (float(e["eval_loss"]), int(e["step"])))
+
+
+def _load_checkpoint_adapter(model: Any, checkpoint: Path) -> None:
+    """Put the trained adapter of ``checkpoint`` into ``model`` (the frozen reference adapter, if any, is kept)."""
+    from peft import load_peft_weights, set_peft_model_state_dict
+
+    if not checkpoint.is_dir():
+        raise ConfigError(f"the best evaluation's checkpoint {checkpoint} is missing; it cannot be the final adapter")
+    loaded = set_peft_model_state_dict(model, load_peft_weights(str(checkpoint), device="cpu"))
+    unexpected = list(getattr(loaded, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ConfigError(f"the adapter in {checkpoint} does not fit the trained model: {unexpected[:5]}")
 
 
 # --------------------------------------------------------------------------------------------------- adapters
@@ -795,6 +852,8 @@ __all__ = [
     "DPOTrainConfig",
     "DPOTrainResult",
     "adapter_weight_delta",
+    "best_evaluation",
+    "config_defaults",
     "load_adapter_weights",
     "load_base_model",
     "load_pairs",

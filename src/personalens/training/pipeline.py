@@ -35,7 +35,7 @@ from personalens.refinement.loop import Predictor
 from personalens.refinement.strategies import PersonaWriter
 from personalens.refinement.windows import UserWindows, windows_from_deeper, windows_from_train_users
 from personalens.training.contexts import RefineContext, build_contexts, read_contexts
-from personalens.training.dpo import DPOTrainConfig, run_started
+from personalens.training.dpo import DPOTrainConfig, config_defaults, run_started
 from personalens.training.evaluate import compare_refiners, render_one_step, summarise_one_step
 from personalens.training.pairs import (
     PairConfig,
@@ -77,6 +77,8 @@ class TrainPipelineConfig:
     replay_share: float = 5_000 / 33_612  # share of replayed iteration-1 pairs in the iteration-2 set (paper)
     candidates_iteration2: int | None = None  # M in iteration 2 (None: the same M as iteration 1)
     train: DPOTrainConfig = field(default_factory=DPOTrainConfig)
+    # iteration 2's training settings ([train.iteration2] overrides [train]); None: the same as iteration 1
+    train_iteration2: DPOTrainConfig | None = None
     base_model: str | None = None  # HF directory or GGUF file to train; default: the embedded model's GGUF
     source: str | None = None
 
@@ -95,6 +97,7 @@ class TrainPipelineConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["train"] = self.train.to_dict()
+        out["train_iteration2"] = None if self.train_iteration2 is None else self.train_iteration2.to_dict()
         return out
 
 
@@ -103,7 +106,7 @@ _SECTIONS: dict[str, set[str]] = {
     "data": {"root", "domains", "train_users_per_domain", "heldout_users_per_domain"},
     "sampling": {f.name for f in fields(SamplingConfig)} | {"candidates_iteration2"},
     "pairs": {f.name for f in fields(PairConfig)} | {"margin_iteration2", "replay_share"},
-    "train": {f.name for f in fields(DPOTrainConfig)} | {"base_model"},
+    "train": {f.name for f in fields(DPOTrainConfig)} | {"base_model", "iteration2"},
 }
 
 
@@ -127,6 +130,13 @@ def parse_train_config(
     candidates2 = sampling.pop("candidates_iteration2", None)
     train = dict(raw.get("train", {}))
     base_model = train.pop("base_model", None)
+    overrides = train.pop("iteration2", None)
+    if overrides is not None:
+        check_sections(
+            {"train.iteration2": overrides},
+            {"train.iteration2": {f.name for f in fields(DPOTrainConfig)}},
+            source=source,
+        )
     try:
         return TrainPipelineConfig(
             name=str(raw.get("name") or Path(source).stem),
@@ -141,6 +151,7 @@ def parse_train_config(
             replay_share=float(pairs.pop("replay_share", 5_000 / 33_612)),
             pairs=PairConfig(**pairs),
             train=DPOTrainConfig.from_dict(train),
+            train_iteration2=None if overrides is None else DPOTrainConfig.from_dict({**train, **overrides}),
             base_model=resolve(base_model) if base_model else None,
             source=source,
             **data,
@@ -263,7 +274,7 @@ class TrainPipeline:
         s = self.config.sampling
         return write_pairs(pairs, contexts, folder / PAIRS_FILE, min_words=s.min_words, max_words=s.max_words)
 
-    def _train(self, folder: Path, init_adapter: Path | None) -> tuple[Any, Path | None]:
+    def _train(self, folder: Path, init_adapter: Path | None, config: DPOTrainConfig) -> tuple[Any, Path | None]:
         if self.base_model is None:
             raise ConfigError(
                 "no base model to train: set [train] base_model (a Hugging Face directory or a GGUF file) when the "
@@ -275,7 +286,7 @@ class TrainPipeline:
             folder / PAIRS_FILE,
             self.base_model,
             folder / "dpo",
-            self.config.train,
+            config,
             init_adapter=init_adapter,
             on_log=lambda log: self.emit("train_log", log),
         )
@@ -366,7 +377,7 @@ class TrainPipeline:
         if stop == 2:
             return
 
-        result1, gguf1 = self._train(it1, None)
+        result1, gguf1 = self._train(it1, None, self.config.train)
         summary["adapters"] = {"iteration 1": {"hf": result1.adapter_dir, "gguf": str(gguf1) if gguf1 else None}}
         refiners: dict[str, ChatModel] = {
             "base": base,
@@ -474,7 +485,7 @@ class TrainPipeline:
             raise PersonaLensError("iteration 2 gave no preference pair; sample more candidates or more users")
         self._pairs(it2, new + replay, contexts)
 
-        result2, gguf2 = self._train(it2, Path(result1.adapter_dir))
+        result2, gguf2 = self._train(it2, Path(result1.adapter_dir), cfg.train_iteration2 or cfg.train)
         summary.setdefault("adapters", {})["iteration 2"] = {
             "hf": result2.adapter_dir,
             "gguf": str(gguf2) if gguf2 else None,
@@ -488,6 +499,7 @@ class TrainPipeline:
 _FIXED_BY: dict[str, str] = {
     "pairs": "iter1/pairs.jsonl",
     "train": "iter1/dpo",
+    "train_iteration2": "iter2/dpo",
     "candidates_iteration2": "iter2/samples.jsonl",
     "margin_iteration2": "iter2/pairs.jsonl",
     "replay_share": "iter2/pairs.jsonl",
@@ -498,6 +510,7 @@ _FREE = {"name", "source"}
 
 def check_config_change(stored: Mapping[str, Any], current: Mapping[str, Any], out: Path) -> list[str]:
     """The settings that differ from the stored run's; raises ConfigError when one of them shapes output that exists."""
+    stored, current = _with_defaults(stored), _with_defaults(current)
     changed = sorted(k for k in set(stored) | set(current) if k not in _FREE and stored.get(k) != current.get(k))
     fixed = [k for k in changed if k not in _FIXED_BY or _written(out / _FIXED_BY[k])]
     if fixed:
@@ -507,6 +520,16 @@ def check_config_change(stored: Mapping[str, Any], current: Mapping[str, Any], o
             "it shapes was written; use another output directory"
         )
     return changed
+
+
+def _with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored configuration with the training settings added since it was written set to their defaults (the
+    run used those), so a new setting alone does not count as a change."""
+    out = dict(config)
+    for key in ("train", "train_iteration2"):
+        if isinstance(out.get(key), Mapping):
+            out[key] = {**config_defaults(), **out[key]}
+    return out
 
 
 def _written(path: Path) -> bool:
