@@ -110,3 +110,36 @@ def test_refiners_are_compared_with_the_base_user_by_user():
     single = paired_against(rows[:2])["iteration 1"]
     assert single["users"] == 1 and math.isnan(single["se"])
     assert "| iteration 1 | 1 | -0.500 | 1 / 0 / 0 |" in render_one_step(rows[:2])
+
+
+def test_rows_of_other_writer_settings_are_moved_aside_and_redone_from_a_new_s0(tmp_path):
+    from personalens.refinement.strategies import PersonaWriter
+
+    def rewriting(model, user):
+        return PersonaWriter(
+            model, domain=user.domain, scale=user.scale, min_words=10, max_words=80, short_answers="rewrite"
+        )
+
+    users = [_user("a")]
+    kw = {"predictor": LevelPredictor(), "min_words": 10, "max_words": 80}
+    first = compare_refiners(users, {"base": _says(3, "base")}, tmp_path, initial_writer=_says(2, "w1"), **kw)
+    assert first[0]["writer"]["short_answers"] == "extend" and first[0]["writer"]["reask_unchanged"] is True
+    assert "model" not in first[0]["writer"]
+
+    # another writer: the old row goes to the stale file and the user is redone, S0 included
+    writer2 = _says(1, "w2")
+    rows = compare_refiners(
+        users, {"base": _says(3, "base")}, tmp_path, initial_writer=writer2, writer_for=rewriting, **kw
+    )
+    assert len(rows) == 1 and rows[0]["writer"]["short_answers"] == "rewrite"
+    assert rows[0]["initial"].startswith("Rates at level 1") and len(writer2.calls) == 1
+    stale = (tmp_path / "one_step.stale.jsonl").read_text().splitlines()
+    assert len(stale) == 1 and '"extend"' in stale[0]
+    assert len((tmp_path / "one_step.jsonl").read_text().splitlines()) == 1
+
+    # the same writer again: nothing moves, nothing runs
+    again = compare_refiners(
+        users, {"base": _says(3, "base")}, tmp_path, initial_writer=writer2, writer_for=rewriting, **kw
+    )
+    assert again == rows and len(writer2.calls) == 1
+    assert len((tmp_path / "one_step.stale.jsonl").read_text().splitlines()) == 1

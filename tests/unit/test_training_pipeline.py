@@ -344,3 +344,10 @@ def test_iteration2_overrides_are_checked_like_the_train_section():
         parse_train_config({"data": data, "train": {"save_steps": 2, "iteration2": overrides}})
     config = parse_train_config({"data": data, "train": {"beta": 0.3}})
     assert config.train_iteration2 is None and config.to_dict()["train_iteration2"] is None
+
+
+def test_the_comparison_writes_as_the_training_candidates_were_written(tmp_path):
+    _pipeline(tmp_path, FakeTrainer(), {}).run(until="evaluate-iter1")
+    rows = [json.loads(line) for line in (tmp_path / "out" / "eval" / "one_step.jsonl").read_text().splitlines()]
+    assert rows and all(r["writer"]["short_answers"] == "rewrite" for r in rows)
+    assert all(r["writer"]["reask_unchanged"] is False for r in rows)

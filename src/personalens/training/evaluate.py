@@ -7,13 +7,15 @@ better; the table also gives the change against S0 and the previous/current erro
 
 Rows go to ``one_step.jsonl`` one per (user, refiner) as they finish, so the comparison is resumable, and each row
 keeps the S0 it started from: a refiner added later (iteration 2 after iteration 1 was compared) starts from the very
-same S0 instead of a regenerated one.
+same S0 instead of a regenerated one. Rows also record the writer's settings (re-asks of copies and of short answers);
+rows of other settings are moved to ``one_step.stale.jsonl`` and redone, S0 included, rather than mixed in.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +29,32 @@ from personalens.refinement.strategies import PersonaWriter
 from personalens.refinement.windows import UserWindows
 
 ONE_STEP_FILE = "one_step.jsonl"
+STALE_FILE = "one_step.stale.jsonl"
+
+# A writer for a refiner model and a user; the default is PersonaWriter's defaults
+WriterFor = Callable[[ChatModel, UserWindows], PersonaWriter]
+
+
+def writer_settings(writer: PersonaWriter) -> dict[str, Any]:
+    """What a row records of its writer: every setting but the model (the row names that itself)."""
+    return json.loads(json.dumps({k: v for k, v in writer.config().items() if k != "model"}))
+
+
+def _retire(path: Path, rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Move rows written with other writer settings (or none recorded) to the stale file; return the rest."""
+    keep = [r for r in rows if r.get("writer") == settings]
+    if len(keep) == len(rows):
+        return rows
+    with open(path.with_name(STALE_FILE), "a", encoding="utf-8") as sink:
+        for r in rows:
+            if r.get("writer") != settings:
+                sink.write(json.dumps(r, ensure_ascii=False) + "\n")
+        sink.flush()
+        os.fsync(sink.fileno())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep), encoding="utf-8")
+    os.replace(tmp, path)
+    return keep
 
 
 def compare_refiners(
@@ -38,31 +66,46 @@ def compare_refiners(
     predictor: Predictor,
     min_words: int = 200,
     max_words: int = 320,
+    writer_for: WriterFor | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every refiner once on every user (S0 written by ``initial_writer``), append rows, return all rows."""
+    """Run every refiner once on every user (S0 written by ``initial_writer``), append rows, return all rows.
+
+    ``writer_for(model, user)`` gives the writer of S0 and of each refinement; by default a :class:`PersonaWriter`
+    with ``min_words``/``max_words`` and its default re-asks. A training run passes the writer its candidates were
+    sampled with, so a trained refiner is judged on the kind of answer it was trained on."""
     emit = on_event or (lambda kind, payload: None)
+
+    def default_writer(model: ChatModel, user: UserWindows) -> PersonaWriter:
+        return PersonaWriter(model, domain=user.domain, scale=user.scale, min_words=min_words, max_words=max_words)
+
+    make = writer_for or default_writer
     path = Path(out_dir) / ONE_STEP_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     rows, _ = read_jsonl_rows(path)
+    settings = writer_settings(make(initial_writer, users[0])) if users else {}
+    if rows and users:
+        before = len(rows)
+        rows = _retire(path, rows, settings)
+        if len(rows) < before:
+            emit("stale", {"rows": before - len(rows), "file": str(path.with_name(STALE_FILE))})
     done = {(r["user"], r["refiner"]) for r in rows}
     initial = {r["user"]: r["initial"] for r in rows if r.get("initial")}
     with path.open("a", encoding="utf-8") as sink:
         for user in users:
             if all((user.user_id, name) in done for name in refiners):
                 continue
-            kw = {"domain": user.domain, "scale": user.scale, "min_words": min_words, "max_words": max_words}
             s0 = initial.get(user.user_id)
             if s0 is None:
                 try:
-                    s0 = PersonaWriter(initial_writer, **kw).initial(user.windows[0]).text  # type: ignore[arg-type]
+                    s0 = make(initial_writer, user).initial(user.windows[0]).text
                 except PersonaLensError as exc:
                     emit("failed", {"user": user.user_id, "error": str(exc)})
                     continue
             for name, model in refiners.items():
                 if (user.user_id, name) in done:
                     continue
-                refiner = DynamicRefiner(PersonaWriter(model, **kw), predictor, RefineConfig("refine"))  # type: ignore[arg-type]
+                refiner = DynamicRefiner(make(model, user), predictor, RefineConfig("refine"))
                 try:
                     trace = refiner.run(user, rounds=1, initial=s0)
                 except PersonaLensError as exc:
@@ -87,6 +130,7 @@ def compare_refiners(
                     "persona_words": len(record.persona.split()),
                     "initial": s0,
                     "persona": record.persona,
+                    "writer": settings,
                     "usage": record.usage.to_dict(),
                 }
                 sink.write(json.dumps(row, ensure_ascii=False) + "\n")

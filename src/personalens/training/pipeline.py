@@ -411,6 +411,9 @@ class TrainPipeline:
             predictor=self.predictor,
             min_words=s.min_words,
             max_words=s.max_words,
+            # S0 and the refinements are written as the training candidates were (single replies, no copy re-ask),
+            # so the comparison judges the refiner models, not the writer's follow-ups
+            writer_for=self._writer,
             on_event=self.emit,
         )
         rows = [r for r in rows if r["refiner"] in refiners]
