@@ -76,7 +76,8 @@ def test_short_answer_is_re_asked_once_then_flagged():
 
 
 HALF = " ".join(["Enjoys slow films with care."] * 5)  # 25 words: under min_words (30), enough to extend
-MORE = " ".join(["Dislikes loud sequels."] * 4)  # 12 words
+MORE = "Dislikes loud sequels, avoids remakes and rarely rates a comedy above three stars."  # 14 new words
+LONG_NEW = " ".join(f"Trait {i} noted." for i in range(20))  # 60 words, none of them a repeat
 
 
 def test_a_short_answer_is_extended_with_the_missing_paragraphs():
@@ -90,15 +91,40 @@ def test_a_short_answer_is_extended_with_the_missing_paragraphs():
     # asked past the minimum (30 - 25 + 10 = 15) up to the room left (60 - 25 = 35)
     assert "15 to 35 more words" in asked
     # the stitched profile is bounded like any answer
-    model = ScriptedChatModel([HALF, " ".join(["Dislikes loud sequels."] * 20)])
+    model = ScriptedChatModel([HALF, LONG_NEW])
     out = _writer(model).initial(W0)
-    assert len(out.text.split()) <= 60 and out.text.startswith(HALF)
+    assert len(out.text.split()) <= 60 and out.text.startswith(HALF) and out.repetitive_extensions == 0
+    # the continuation is asked for with the repetition penalty, at the caller's temperature
+    assert (model.calls[1].repetition_penalty, model.calls[1].temperature) == (1.3, 0.0)
+    assert model.calls[0].repetition_penalty is None
+
+
+def test_a_continuation_that_restates_the_profile_is_refused_and_the_answer_stays_short():
+    restated = "Enjoys slow films with care. Enjoys slow films with care. Dislikes noise."
+    model = ScriptedChatModel([HALF, restated])
+    out = _writer(model).initial(W0)
+    assert out.text == HALF and out.short and out.repetitive_extensions == 1 and out.attempts == 2
+    # with a third attempt the continuation is asked again, sampled (the same greedy request would repeat itself)
+    model = ScriptedChatModel([HALF, restated, MORE])
+    out = _writer(model, max_attempts=3).initial(W0)
+    assert out.text == f"{HALF} {MORE}" and not out.short and out.repetitive_extensions == 1
+    third = model.calls[2]
+    assert (third.temperature, third.top_p, third.repetition_penalty) == (0.7, 0.95, 1.3)
+    assert third.messages[-2].content == HALF  # the refused continuation is not shown as written
+    # the gate's threshold is a setting
+    model = ScriptedChatModel([HALF, restated])
+    out = _writer(model, extend_max_repeated=1.0).initial(W0)
+    assert out.text.startswith(HALF) and "Dislikes noise." in out.text and out.repetitive_extensions == 0
+    assert _writer(model).config()["extend"] == {"repetition_penalty": 1.3, "max_repeated": 0.4}
+    assert _writer(model, short_answers="rewrite").config()["extend"] is None
+    with pytest.raises(ValueError, match="extend_max_repeated"):
+        _writer(model, extend_max_repeated=0)
 
 
 def test_an_extension_that_stays_short_is_extended_again_within_the_attempts_then_flagged():
-    model = ScriptedChatModel([HALF, "Also likes tea.", "Dislikes noise."])
+    model = ScriptedChatModel([HALF, "Also likes tea.", "Dislikes noise and crowds."])
     out = _writer(model, max_attempts=3).initial(W0)
-    assert out.text == f"{HALF} Also likes tea. Dislikes noise." and out.attempts == 3 and not out.short
+    assert out.text == f"{HALF} Also likes tea. Dislikes noise and crowds." and out.attempts == 3 and not out.short
     model = ScriptedChatModel([HALF, "Also likes tea."])
     out = _writer(model).initial(W0)
     assert out.text == f"{HALF} Also likes tea." and out.short  # 28 words after the two attempts
@@ -212,3 +238,12 @@ def test_writer_config_names_the_re_ask_settings():
     assert config["reask_sampling"] == {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.1}
     assert _writer(ScriptedChatModel([]), reask_sampling=None).config()["reask_sampling"] is None
     assert config["short_answers"] == "extend"
+
+
+def test_repeated_trigram_share_counts_restated_wording():
+    from personalens.profiling.summarize import repeated_trigram_share
+
+    assert repeated_trigram_share("one two three four") == 0.0
+    assert repeated_trigram_share("a b c a b c") == pytest.approx(1 / 4)  # abc bca cab abc: the last one repeats
+    assert repeated_trigram_share("Likes slow films", after="He likes slow films.") == 1.0  # case and punctuation
+    assert repeated_trigram_share("two words") == 0.0 and repeated_trigram_share("") == 0.0

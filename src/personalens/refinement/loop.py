@@ -194,6 +194,7 @@ class DynamicRefiner:
             "model": self.writer.model.model_id,
             "min_words": self.writer.min_words,
             "short_answers": self.writer.short_answers,
+            "extend": self.writer.extend_config(),
         }
         if self.config.strategy in UPDATES_OLD_PERSONA and self.writer.reask_unchanged:
             config["reask_sampling"] = self.writer.config()["reask_sampling"]
