@@ -33,10 +33,11 @@ def test_persona_from_a_real_history(local_llm):
     assert not any(t.lower() in persona.text.lower() for t in held_titles)
 
 
-def test_a_short_profile_of_the_real_model_is_extended_past_the_minimum(local_llm):
+def test_a_short_profile_of_the_real_model_is_extended_with_new_wording(local_llm):
     """With a minimum above what the model writes in one go (it writes about 150 to 320 words), the writer asks for
-    the missing paragraphs and appends them. (A greedy full re-ask reached 200 words in 1 of 50 tries in the DeePer
-    runs.)"""
+    the missing paragraphs and appends them, unless they restate the profile. (A greedy full re-ask reached 200 words
+    in 1 of 50 tries in the DeePer runs; greedy continuations restated 41-99% of the profile's trigrams.)"""
+    from personalens.profiling.summarize import clean_persona_text, repeated_trigram_share
     from personalens.refinement.prompts import RatedItem
     from personalens.refinement.strategies import PersonaWriter
 
@@ -48,19 +49,27 @@ def test_a_short_profile_of_the_real_model_is_extended_past_the_minimum(local_ll
         RatedItem("Love Actually (romantic comedy)", 2),
         RatedItem("Mamma Mia! (musical)", 1),
     ]
-    asked = []
+    asked, answers = [], []
 
     class Recording:
         model_id = local_llm.model_id
 
         def chat(self, request):
-            asked.append(request.messages[-1].content)
-            return local_llm.chat(request)
+            asked.append(request)
+            result = local_llm.chat(request)
+            answers.append(result.text)
+            return result
 
     writer = PersonaWriter(Recording(), domain="movies", scale=(1, 5, 1), min_words=380, max_words=520, max_attempts=3)
     out = writer.initial(window)
-    assert out.attempts >= 2 and all("Do not repeat" in a for a in asked[1:])  # extended, not rewritten
-    assert not out.short and 380 <= len(out.text.split()) <= 520
+    assert out.attempts >= 2 and all("Do not repeat" in r.messages[-1].content for r in asked[1:])  # not rewritten
+    assert all(r.repetition_penalty == 1.3 for r in asked[1:])
+    first = clean_persona_text(answers[0])
+    assert out.text.startswith(first)
+    added = out.text[len(first) :]
+    assert repeated_trigram_share(added, after=first) <= 0.4  # whatever was appended is new wording
+    # either the minimum was reached, or a continuation was refused for restating the profile
+    assert (not out.short and 380 <= len(out.text.split()) <= 520) or out.repetitive_extensions >= 1
 
 
 def test_probability_scoring_orders_obvious_items(local_llm):

@@ -257,6 +257,7 @@ class DynamicRefiner:
                     "leaked": list(update.leaked),
                     "attempts": update.attempts,
                     "unchanged": update.unchanged,
+                    "repetitive_extensions": update.repetitive_extensions,
                 }
             else:
                 candidates = []
