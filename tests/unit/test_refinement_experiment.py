@@ -314,3 +314,22 @@ def test_rows_from_an_older_method_configuration_are_moved_aside_and_redone(tmp_
     assert all(r["config"]["writer"]["reask_sampling"]["temperature"] == 0.7 for r in now if r["method"] == "refine")
     third = DynamicExperiment(config, out, model=_model(), predictor=LevelPredictor()).run()
     assert third.rows_stale == 0 and third.rows_written == 0
+
+
+def test_table2_reports_short_and_self_repeating_personas():
+    from personalens.refinement.experiment import _persona_quality
+
+    padded = "likes quiet films a lot. likes quiet films a lot."  # 10 words
+    fresh = "one two three four five six seven eight nine ten eleven twelve"
+    row = {
+        "initial": padded,
+        "config": {"writer": {"min_words": 11}},
+        "rounds": [{"persona": fresh, "committed": True}, {"persona": padded, "committed": True}],
+    }
+    quality = _persona_quality([row], 2)
+    assert quality["short_share"] == pytest.approx(2 / 3)  # the two padded versions have 10 words
+    # padded: 8 trigrams; the second copy's "likes quiet films", "quiet films a", "films a lot" repeat
+    repeated = 3 / 8
+    assert quality["repeated_trigrams"] == pytest.approx((repeated + 0 + repeated) / 3)
+    # rows without the writer's minimum leave the share unknown, not zero
+    assert _persona_quality([{**row, "config": {}}], 2)["short_share"] is None

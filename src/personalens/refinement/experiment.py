@@ -51,6 +51,7 @@ from personalens.data.deeper import load_deeper_iterations
 from personalens.errors import ConfigError, PersonaLensError
 from personalens.evaluation.metrics import standard_error
 from personalens.llm.base import ChatModel, Usage
+from personalens.profiling.summarize import repeated_trigram_share
 from personalens.refinement.loop import (
     HISTORY_MEAN,
     DynamicRefiner,
@@ -354,6 +355,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         }
         committed = [x["committed"] for r in rs for x in r["rounds"][:n_rounds]]
         unchanged = _echoed(rs, n_rounds)
+        quality = _persona_quality(rs, n_rounds)
         reference = any(r.get("reference") for r in rs)
         out.setdefault(domain, {})[method] = {
             "users": len(rs),
@@ -369,10 +371,30 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "persona_words_by_round": None if reference else words,
             "committed_share": sum(committed) / len(committed) if committed else None,
             "unchanged_share": None if reference or not unchanged else sum(unchanged) / len(unchanged),
+            **({} if reference else quality),
             "llm_calls_per_user": statistics.fmean(r["usage"]["calls"] for r in rs),
             "tokens_per_user": statistics.fmean(r["usage"]["total_tokens"] for r in rs),
         }
     return out
+
+
+def _persona_quality(rows: Sequence[Mapping[str, Any]], n_rounds: int) -> dict[str, float | None]:
+    """Over every persona version (S0 and each round's): the share under the writer's ``min_words`` (None when the
+    rows do not record it) and the mean share of word trigrams a persona repeats from itself (0 for all-new wording;
+    a persona padded with copies of its own sentences scores high)."""
+    texts: list[str] = []
+    short: list[bool] = []
+    for r in rows:
+        versions = [r.get("initial") or ""] + [x.get("persona") or "" for x in r["rounds"][:n_rounds]]
+        versions = [v for v in versions if v]
+        texts += versions
+        minimum = (r.get("config") or {}).get("writer", {}).get("min_words")
+        if isinstance(minimum, int):
+            short += [len(v.split()) < minimum for v in versions]
+    return {
+        "short_share": sum(short) / len(short) if short and len(short) == len(texts) else None,
+        "repeated_trigrams": statistics.fmean(repeated_trigram_share(v) for v in texts) if texts else None,
+    }
 
 
 def _echoed(rows: Sequence[Mapping[str, Any]], n_rounds: int) -> list[bool]:
@@ -457,11 +479,21 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
                 f"| {_shown(method, m)} | {cells} | {m['llm_calls_per_user']:.0f} | {m['tokens_per_user']:.0f} |"
             )
         lines += ["", "### Persona length in words per round (Table 2 layout)", ""]
-        lines.append("| method | " + " | ".join(f"round {t}" for t in range(n)) + " |")
-        lines.append("|---|" + "---:|" * n)
+        lines.append(
+            "Over every persona version: under min_words: the share shorter than the writer's minimum; "
+            "repeated trigrams: the mean share of a persona's word trigrams that repeat an earlier one in it."
+        )
+        lines.append("")
+        lines.append(
+            "| method | " + " | ".join(f"round {t}" for t in range(n)) + " | under min_words | repeated trigrams |"
+        )
+        lines.append("|---|" + "---:|" * n + "---:|---:|")
         for method, m in methods.items():
             if m["persona_words_by_round"] is not None:  # a reference has no persona
-                lines.append(f"| {method} | " + " | ".join(f"{v:.0f}" for v in m["persona_words_by_round"]) + " |")
+                short = f"{100 * m['short_share']:.0f}%" if m.get("short_share") is not None else ""
+                repeated = f"{100 * m['repeated_trigrams']:.0f}%" if m.get("repeated_trigrams") is not None else ""
+                cells = " | ".join(f"{v:.0f}" for v in m["persona_words_by_round"])
+                lines.append(f"| {method} | {cells} | {short} | {repeated} |")
     return "\n".join(lines) + "\n"
 
 
