@@ -333,3 +333,14 @@ def test_table2_reports_short_and_self_repeating_personas():
     assert quality["repeated_trigrams"] == pytest.approx((repeated + 0 + repeated) / 3)
     # rows without the writer's minimum leave the share unknown, not zero
     assert _persona_quality([{**row, "config": {}}], 2)["short_share"] is None
+
+
+def test_a_repetition_penalty_reaches_every_persona_request_and_the_rows(tmp_path):
+    config = _config(tmp_path, "repetition_penalty = 1.2\n")
+    model = _model()
+    DynamicExperiment(config, tmp_path / "out", model=model, predictor=LevelPredictor()).run()
+    assert model.calls and all(c.repetition_penalty == 1.2 for c in model.calls)
+    rows = read_dynamic_rows(tmp_path / "out" / "rows.jsonl")
+    assert all(r["config"]["writer"]["repetition_penalty"] == 1.2 for r in rows if not r.get("reference"))
+    with pytest.raises(ConfigError, match="repetition_penalty"):
+        _config(tmp_path / "other", "repetition_penalty = 0.5\n")

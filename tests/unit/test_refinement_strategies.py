@@ -247,3 +247,15 @@ def test_repeated_trigram_share_counts_restated_wording():
     assert repeated_trigram_share("a b c a b c") == pytest.approx(1 / 4)  # abc bca cab abc: the last one repeats
     assert repeated_trigram_share("Likes slow films", after="He likes slow films.") == 1.0  # case and punctuation
     assert repeated_trigram_share("two words") == 0.0 and repeated_trigram_share("") == 0.0
+
+
+def test_a_writer_wide_repetition_penalty_applies_where_the_caller_names_none():
+    model = ScriptedChatModel([LONG, LONG, LONG])
+    writer = _writer(model, repetition_penalty=1.2)
+    writer.initial(W0)
+    writer.update("refine", "Old.", [W0, [RatedItem(x.text, x.rating, 3.0) for x in W1]], repetition_penalty=1.05)
+    assert [c.repetition_penalty for c in model.calls] == [1.2, 1.05]
+    assert writer.config()["repetition_penalty"] == 1.2
+    assert "repetition_penalty" not in _writer(model).config()  # unset: recorded settings stay as before
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        _writer(model, repetition_penalty=0.9)

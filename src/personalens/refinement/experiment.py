@@ -92,6 +92,7 @@ class DynamicConfig:
     temperature: float = 0.8
     min_words: int = 200
     max_words: int = 320
+    repetition_penalty: float | None = None  # for every persona request (None: the backend's default, none)
     predictor: str = "probability"
     references: tuple[str, ...] = REFERENCES
     seed: int = 0
@@ -125,6 +126,7 @@ def parse_dynamic_config(raw: dict[str, Any], *, source: str = "<config>", base:
         "temperature",
         "min_words",
         "max_words",
+        "repetition_penalty",
         "predictor",
         "references",
     }
@@ -156,6 +158,8 @@ def parse_dynamic_config(raw: dict[str, Any], *, source: str = "<config>", base:
         raise ConfigError(f"{source}: [refine] predictor must be probability or structured")
     if config.rounds < 1 or config.users_per_domain < 1:
         raise ConfigError(f"{source}: [data] rounds and users_per_domain must be >= 1")
+    if config.repetition_penalty is not None and not config.repetition_penalty >= 1:
+        raise ConfigError(f"{source}: [refine] repetition_penalty must be >= 1 (1: none)")
     return config
 
 
@@ -245,6 +249,7 @@ class DynamicExperiment:
                         scale=user.scale,
                         min_words=self.config.min_words,
                         max_words=self.config.max_words,
+                        repetition_penalty=self.config.repetition_penalty,
                     )
                     refiner = DynamicRefiner(writer, self.predictor, method)
                     t0 = time.perf_counter()
@@ -273,6 +278,7 @@ class DynamicExperiment:
                 scale=(1, 5, 1),
                 min_words=self.config.min_words,
                 max_words=self.config.max_words,
+                repetition_penalty=self.config.repetition_penalty,
             )
             out[method.label] = DynamicRefiner(writer, self.predictor, method).describe()
         return out

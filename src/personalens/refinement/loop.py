@@ -196,6 +196,8 @@ class DynamicRefiner:
             "short_answers": self.writer.short_answers,
             "extend": self.writer.extend_config(),
         }
+        if self.writer.repetition_penalty is not None:
+            config["repetition_penalty"] = self.writer.repetition_penalty
         if self.config.strategy in UPDATES_OLD_PERSONA and self.writer.reask_unchanged:
             config["reask_sampling"] = self.writer.config()["reask_sampling"]
         return config

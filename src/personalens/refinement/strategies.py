@@ -85,6 +85,8 @@ class PersonaWriter:
     An answer under ``min_words`` gets a follow-up within ``max_attempts``: with ``short_answers="extend"`` (the
     default) the model is asked for the missing paragraphs only and they are appended; ``"rewrite"`` asks for the
     whole profile again, so every answer is a single reply of the model (what self-sampling for training wants).
+    ``repetition_penalty`` applies to every request that does not name its own (greedy answers of the 1.5B model
+    loop: its greedy Refine answers repeat a median 53% of their own word trigrams).
     A continuation is asked for with a repetition penalty (``extend_repetition_penalty``), and one that mostly
     restates the profile (more than ``extend_max_repeated`` of its word trigrams already there) is refused: the short
     answer is kept, flagged ``short``, rather than padded with a copy of itself. A further continuation, when
@@ -104,6 +106,7 @@ class PersonaWriter:
         short_answers: Literal["extend", "rewrite"] = "extend",
         extend_repetition_penalty: float = 1.3,
         extend_max_repeated: float = 0.4,
+        repetition_penalty: float | None = None,
     ) -> None:
         if not 0 < min_words <= max_words:
             raise ValueError("need 0 < min_words <= max_words")
@@ -115,6 +118,8 @@ class PersonaWriter:
             raise ValueError("extend_repetition_penalty must be >= 1 (1: none)")
         if not 0 < extend_max_repeated <= 1:
             raise ValueError("extend_max_repeated must be in (0, 1]")
+        if repetition_penalty is not None and repetition_penalty < 1:
+            raise ValueError("repetition_penalty must be >= 1 or None")
         self.model = model
         self.domain = domain
         self.scale = scale
@@ -126,6 +131,7 @@ class PersonaWriter:
         self.short_answers = short_answers
         self.extend_repetition_penalty = extend_repetition_penalty
         self.extend_max_repeated = extend_max_repeated
+        self.repetition_penalty = repetition_penalty
 
     def config(self) -> dict[str, object]:
         """The settings that shape what this writer stores (part of a run's configuration digest)."""
@@ -138,6 +144,8 @@ class PersonaWriter:
             "reask_sampling": None if self.reask_sampling is None else self.reask_sampling.to_dict(),
             "short_answers": self.short_answers,
             "extend": self.extend_config(),
+            # only when set, so the settings recorded before it existed still match
+            **({} if self.repetition_penalty is None else {"repetition_penalty": self.repetition_penalty}),
         }
 
     def extend_config(self) -> dict[str, float] | None:
@@ -163,7 +171,7 @@ class PersonaWriter:
         kept and flagged ``unchanged``. The longest answer that is not a copy wins. An empty answer after every
         attempt raises :class:`LLMOutputError` with the raw answers."""
         usage = Usage()
-        settings = (temperature, top_p, repetition_penalty)
+        settings = (temperature, top_p, self.repetition_penalty if repetition_penalty is None else repetition_penalty)
         raws: list[str] = []
         convo = list(messages)
         best = ""
@@ -206,7 +214,7 @@ class PersonaWriter:
                 )
                 if self.reask_sampling is not None and self.reask_sampling.temperature > settings[0]:
                     r = self.reask_sampling
-                    settings = (r.temperature, r.top_p, r.repetition_penalty)
+                    settings = (r.temperature, r.top_p, max(r.repetition_penalty, settings[2] or 1.0))
             elif self.short_answers == "extend" and words >= max(1, self.min_words * _EXTEND_FROM_SHARE):
                 follow_up = prompts.extend_profile(words, min_words=self.min_words, max_words=self.max_words)
                 extending = text
