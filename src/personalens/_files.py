@@ -70,6 +70,19 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def move_rows_aside(path: Path, keep: list[dict[str, Any]], stale: list[dict[str, Any]], stale_path: Path) -> None:
+    """Append ``stale`` to ``stale_path`` (synced to disk), then atomically replace the JSONL file ``path`` with
+    ``keep``: a crash in between leaves a row in both files, never in neither."""
+    with open(stale_path, "a", encoding="utf-8") as sink:
+        for row in stale:
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+        sink.flush()
+        os.fsync(sink.fileno())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def read_jsonl_rows(path: Path) -> tuple[list[dict[str, Any]], int]:
     """The JSON objects of an append-only JSONL file written by a resumable run, and how many lines did not parse
     (a torn last line from a killed run is counted, not fatal; its work is simply redone)."""

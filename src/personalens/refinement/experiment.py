@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from personalens._files import read_jsonl_rows
+from personalens._files import move_rows_aside, read_jsonl_rows
 from personalens.data.deeper import load_deeper_iterations
 from personalens.errors import ConfigError, PersonaLensError
 from personalens.evaluation.metrics import standard_error
@@ -298,14 +297,7 @@ class DynamicExperiment:
         stale = [r for r in rows if r["method"] in wanted and r.get("config") != wanted[r["method"]]]
         if not stale:
             return 0
-        with open(self.out_dir / STALE_FILE, "a", encoding="utf-8") as sink:
-            for r in stale:
-                sink.write(json.dumps(r) + "\n")
-            sink.flush()
-            os.fsync(sink.fileno())
-        tmp = rows_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
-        os.replace(tmp, rows_path)
+        move_rows_aside(rows_path, keep, stale, self.out_dir / STALE_FILE)
         self.on_event("stale", {"rows": len(stale), "file": str(self.out_dir / STALE_FILE)})
         return len(stale)
 

@@ -695,7 +695,7 @@ def _train(
     on_log: OnLog | None,
     started: float,
 ) -> DPOTrainResult:
-    from peft import PeftModel, load_peft_weights, set_peft_model_state_dict
+    from peft import PeftModel
     from transformers import PrinterCallback, TrainerCallback
     from trl import DPOTrainer
     from trl.data_utils import is_conversational
@@ -751,10 +751,7 @@ def _train(
         )
     if load_into_fresh:
         assert init_adapter is not None
-        loaded = set_peft_model_state_dict(trainer.model, load_peft_weights(str(init_adapter), device="cpu"))
-        unexpected = list(getattr(loaded, "unexpected_keys", []) or [])
-        if unexpected:
-            raise ConfigError(f"the adapter in {init_adapter} does not fit the base model: {unexpected[:5]}")
+        _load_adapter_into(trainer.model, init_adapter)
 
     start_step = latest[1] if latest else 0
     output = trainer.train(resume_from_checkpoint=str(latest[0]) if latest else None)
@@ -773,7 +770,10 @@ def _train(
             evaluation = best_evaluation([*evaluations, evaluation])
             selected_step = int(evaluation["step"])
             if selected_step != global_step:
-                _load_checkpoint_adapter(trainer.model, checkpoints / f"checkpoint-{selected_step}")
+                best = checkpoints / f"checkpoint-{selected_step}"
+                if not best.is_dir():
+                    raise ConfigError(f"the best evaluation's checkpoint {best} is missing; it cannot be the adapter")
+                _load_adapter_into(trainer.model, best)
         eval_loss = _to_float(evaluation.get("eval_loss"))
         eval_accuracy = _to_float(evaluation.get("eval_rewards/accuracies"))
 
@@ -810,16 +810,15 @@ def best_evaluation(evaluations: Sequence[Mapping[str, Any]]) -> Mapping[str, An
     return min(scored, key=lambda e: (float(e["eval_loss"]), int(e["step"])))
 
 
-def _load_checkpoint_adapter(model: Any, checkpoint: Path) -> None:
-    """Put the trained adapter of ``checkpoint`` into ``model`` (the frozen reference adapter, if any, is kept)."""
+def _load_adapter_into(model: Any, directory: Path) -> None:
+    """Put the LoRA weights saved in ``directory`` into the trained adapter of ``model`` (a frozen reference
+    adapter, if any, is kept)."""
     from peft import load_peft_weights, set_peft_model_state_dict
 
-    if not checkpoint.is_dir():
-        raise ConfigError(f"the best evaluation's checkpoint {checkpoint} is missing; it cannot be the final adapter")
-    loaded = set_peft_model_state_dict(model, load_peft_weights(str(checkpoint), device="cpu"))
+    loaded = set_peft_model_state_dict(model, load_peft_weights(str(directory), device="cpu"))
     unexpected = list(getattr(loaded, "unexpected_keys", []) or [])
     if unexpected:
-        raise ConfigError(f"the adapter in {checkpoint} does not fit the trained model: {unexpected[:5]}")
+        raise ConfigError(f"the adapter in {directory} does not fit the model: {unexpected[:5]}")
 
 
 # --------------------------------------------------------------------------------------------------- adapters

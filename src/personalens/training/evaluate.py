@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from personalens._files import read_jsonl_rows
+from personalens._files import move_rows_aside, read_jsonl_rows
 from personalens.errors import PersonaLensError
 from personalens.llm.base import ChatModel
 from personalens.refinement.loop import DynamicRefiner, Predictor, RefineConfig
@@ -43,17 +42,8 @@ def writer_settings(writer: PersonaWriter) -> dict[str, Any]:
 def _retire(path: Path, rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Move rows written with other writer settings (or none recorded) to the stale file; return the rest."""
     keep = [r for r in rows if r.get("writer") == settings]
-    if len(keep) == len(rows):
-        return rows
-    with open(path.with_name(STALE_FILE), "a", encoding="utf-8") as sink:
-        for r in rows:
-            if r.get("writer") != settings:
-                sink.write(json.dumps(r, ensure_ascii=False) + "\n")
-        sink.flush()
-        os.fsync(sink.fileno())
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep), encoding="utf-8")
-    os.replace(tmp, path)
+    if len(keep) < len(rows):
+        move_rows_aside(path, keep, [r for r in rows if r.get("writer") != settings], path.with_name(STALE_FILE))
     return keep
 
 
