@@ -106,7 +106,9 @@ class LlamaCppModel:
         params.n_batch = self.n_batch
         # one slot: consecutive requests with a shared prefix reuse its KV cache. Batching k requests in k slots
         # barely pays on 2 cores (1.07x the tokens per second at k = 2, 1.16x at k = 4:
-        # benchmarks/bench_parallel_decode.py), so decoding here is bound by compute, not memory bandwidth.
+        # benchmarks/bench_parallel_decode.py), so decoding here is bound by compute, not memory bandwidth. For the
+        # same reason llama.cpp's n-gram speculative decoding is left off: verifying drafts made persona writing
+        # slower (0.84x and 0.94x the tokens per second, benchmarks/bench_speculative.py) and changed greedy answers.
         params.n_parallel = 1
         params.cpuparams.n_threads = self.n_threads
         params.cpuparams_batch.n_threads = self.n_threads
