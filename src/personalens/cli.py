@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from personalens._progress import LoggedProgress
 from personalens.errors import PersonaLensError
 
 if TYPE_CHECKING:
@@ -85,14 +86,18 @@ def _emit(data: Any) -> None:
     out.print_json(json.dumps(data, ensure_ascii=False, default=str))
 
 
+PROGRESS_LOG_SECONDS = 60.0  # a plain progress line at most this often when stderr is not a terminal
+
+
 def _progress() -> Progress:
-    return Progress(
+    return LoggedProgress(
         TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
         disable=not err.is_terminal and state.json,
+        log_every=None if err.is_terminal else PROGRESS_LOG_SECONDS,
     )
 
 
