@@ -1,0 +1,72 @@
+"""Writing habits in a training run's folder (benchmarks/deeper/README.md, refiner training): how many personas or
+answers begin with a Markdown heading, restate the old profile before revising it, their median length and
+self-repeated word trigrams; exact duplicate candidates and seconds per sampled context.
+
+    .venv/bin/python benchmarks/deeper/train_habits.py benchmarks/deeper/results/train-small
+
+Reads ``iter*/contexts.jsonl`` (the personas a context starts from), ``iter*/pairs.jsonl`` (chosen and rejected
+answers) and ``iter*/samples.jsonl`` (candidates); nothing runs on a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from personalens.profiling.summarize import repeated_trigram_share
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _answer(value: str | list[dict[str, str]]) -> str:
+    """A pair's answer: plain text, or TRL's conversational form (the last message's content)."""
+    return value if isinstance(value, str) else value[-1]["content"]
+
+
+def _restates(text: str) -> bool:
+    return ("Current Profile" in text or "Original Profile" in text) and "Revised" in text
+
+
+def _habits(name: str, texts: Iterable[str]) -> None:
+    found = list(texts)
+    if not found:
+        return
+    words = [len(t.split()) for t in found]
+    print(
+        f"{name}: {len(found)} texts, heading first {sum(t.lstrip().startswith('#') for t in found)}, restate the "
+        f"profile {sum(map(_restates, found))}, median words {statistics.median(words):g}, under 200 words "
+        f"{sum(w < 200 for w in words)}, median self-repeated trigrams "
+        f"{statistics.median(repeated_trigram_share(t) for t in found):.2f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="the folder given to `personalens train --out`")
+    run = parser.parse_args().run
+    for folder in sorted(run.glob("iter*")):
+        if (folder / "contexts.jsonl").is_file():
+            _habits(f"{folder.name} context personas", (r["persona"] for r in _rows(folder / "contexts.jsonl")))
+        if (folder / "pairs.jsonl").is_file():
+            pairs = _rows(folder / "pairs.jsonl")
+            _habits(f"{folder.name} chosen answers", (_answer(p["chosen"]) for p in pairs))
+            _habits(f"{folder.name} rejected answers", (_answer(p["rejected"]) for p in pairs))
+        if (folder / "samples.jsonl").is_file():
+            samples = _rows(folder / "samples.jsonl")
+            candidates = sum(len(s["candidates"]) for s in samples)
+            twins = sum(len(s["candidates"]) - len({c["text"] for c in s["candidates"]}) for s in samples)
+            seconds = [s["usage"]["seconds"] for s in samples]
+            print(
+                f"{folder.name} samples: {len(samples)} contexts, {candidates} candidates, {twins} exact duplicates, "
+                f"{statistics.fmean(seconds):.0f} s per context on average"
+            )
+
+
+if __name__ == "__main__":
+    main()
