@@ -217,3 +217,70 @@ def test_sampling_scores_every_candidate_and_resumes(tmp_path):
         run_sampling(
             [ctx], tmp_path, writer_for=_writer(model), predictor=LevelPredictor(), config=SamplingConfig(candidates=2)
         )
+
+
+def _built_context(tmp_path):
+    return build_contexts(
+        [_user()],
+        tmp_path,
+        predictor=LevelPredictor(),
+        writer_for=_writer(ScriptedChatModel(lambda r: f"level 2. {FILLER}")),
+    ).contexts[0]
+
+
+def test_a_repeated_candidate_is_drawn_again_from_a_slot_after_the_first_m(tmp_path):
+    ctx = _built_context(tmp_path / "ctx")
+    # slots 1 and 2 write the same text (up to whitespace); slot 4, the first spare after M = 3, writes a new one
+    answers = {1: f"level 3. {FILLER}", 2: f"level  3.\n{FILLER}", 3: f"level 5. {FILLER}", 4: f"level 1. {FILLER}"}
+    model = ScriptedChatModel(lambda r: answers[r.seed])
+    config = SamplingConfig(candidates=3, min_words=10, max_words=80, redraw_duplicates=2)
+    run = run_sampling([ctx], tmp_path / "s", writer_for=_writer(model), predictor=LevelPredictor(), config=config)
+    (sampled,) = run.sampled
+    assert [c.text.split(".")[0] for c in sampled.candidates] == ["level 3", "level 1", "level 5"]
+    assert [r.seed for r in model.calls] == [1, 2, 4, 3]
+    assert (sampled.redrawn, sampled.duplicates) == (1, 0) and (run.redrawn, run.duplicates) == (1, 0)
+    row = json.loads((tmp_path / "s" / "samples.jsonl").read_text())
+    assert (row["redrawn"], row["duplicates"]) == (1, 0)
+    again = run_sampling([ctx], tmp_path / "s", writer_for=_writer(model), predictor=LevelPredictor(), config=config)
+    assert again.reused == 1 and again.redrawn == 1  # the counts survive a resume
+
+
+def test_a_duplicate_is_kept_and_counted_once_its_redraws_are_used_up(tmp_path):
+    ctx = _built_context(tmp_path / "ctx")
+    model = ScriptedChatModel(lambda r: f"level 3. {FILLER}")  # every slot writes the same answer
+    config = SamplingConfig(candidates=3, min_words=10, max_words=80, redraw_duplicates=2)
+    run = run_sampling([ctx], tmp_path / "s", writer_for=_writer(model), predictor=LevelPredictor(), config=config)
+    (sampled,) = run.sampled
+    assert len(sampled.candidates) == 3  # nothing dropped
+    assert (sampled.redrawn, sampled.duplicates) == (4, 2)
+    assert [r.seed for r in model.calls] == [1, 2, 4, 5, 3, 6, 7]  # slots 1..3 first, spares 4..7 after
+    assert len({r.seed for r in model.calls}) == len(model.calls)
+
+
+def test_redraw_zero_keeps_duplicates_as_deeper_does_and_old_stamps_mean_zero(tmp_path):
+    ctx = _built_context(tmp_path / "ctx")
+    model = ScriptedChatModel(lambda r: f"level 3. {FILLER}")
+    config = SamplingConfig(candidates=3, min_words=10, max_words=80, redraw_duplicates=0)
+    run = run_sampling([ctx], tmp_path / "s", writer_for=_writer(model), predictor=LevelPredictor(), config=config)
+    assert [r.seed for r in model.calls] == [1, 2, 3] and run.duplicates == 2 and run.redrawn == 0
+    stamp = tmp_path / "s" / "samples.json"
+    stored = json.loads(stamp.read_text())
+    del stored["redraw_duplicates"]  # a run sampled before the setting existed
+    stamp.write_text(json.dumps(stored))
+    resumed = run_sampling([ctx], tmp_path / "s", writer_for=_writer(model), predictor=LevelPredictor(), config=config)
+    assert resumed.reused == 1
+    with pytest.raises(PersonaLensError, match="not resuming"):
+        run_sampling(
+            [ctx],
+            tmp_path / "s",
+            writer_for=_writer(model),
+            predictor=LevelPredictor(),
+            config=SamplingConfig(candidates=3, min_words=10, max_words=80),  # default 2: another sampling rule
+        )
+
+
+def test_sampling_slots_of_one_seed_cannot_overflow_into_the_next():
+    with pytest.raises(ValueError, match="sample slots"):
+        SamplingConfig(candidates=500, redraw_duplicates=1)
+    with pytest.raises(ValueError, match="redraw_duplicates"):
+        SamplingConfig(redraw_duplicates=-1)

@@ -46,7 +46,7 @@ from personalens.training.pairs import (
     replay_pairs,
     write_pairs,
 )
-from personalens.training.sampling import SamplingConfig, run_sampling
+from personalens.training.sampling import LEGACY_SETTINGS, SamplingConfig, SamplingRun, run_sampling
 
 # "evaluate-iter1" compares the base model with the iteration-1 adapter as soon as that exists, so the first
 # before/after table does not wait for iteration 2; "evaluate" adds the iteration-2 adapter to the same rows.
@@ -359,7 +359,7 @@ class TrainPipeline:
             on_event=self.emit,
         )
         report.seconds, report.usage = sampled.seconds, sampled.usage
-        report.details = {"written": sampled.written, "reused": sampled.reused, "failures": sampled.failures}
+        report.details = _sampling_details(sampled)
         if stop == 1:
             return
 
@@ -473,7 +473,7 @@ class TrainPipeline:
             on_event=self.emit,
         )
         report.seconds, report.usage = sampled.seconds, sampled.usage
-        report.details = {"written": sampled.written, "reused": sampled.reused, "failures": sampled.failures}
+        report.details = _sampling_details(sampled)
 
         report = self._stage("pairs:iter2")
         pair_config = PairConfig(**{**asdict(cfg.pairs), "margin": cfg.margin_iteration2})
@@ -526,13 +526,26 @@ def check_config_change(stored: Mapping[str, Any], current: Mapping[str, Any], o
 
 
 def _with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored configuration with the training settings added since it was written set to their defaults (the
-    run used those), so a new setting alone does not count as a change."""
+    """A stored configuration with the settings added since it was written set to what the run used (the defaults
+    for training, the behaviour before the setting for sampling), so a new setting alone does not count as a
+    change."""
     out = dict(config)
     for key in ("train", "train_iteration2"):
         if isinstance(out.get(key), Mapping):
             out[key] = {**config_defaults(), **out[key]}
+    if isinstance(out.get("sampling"), Mapping):
+        out["sampling"] = {**LEGACY_SETTINGS, **out["sampling"]}
     return out
+
+
+def _sampling_details(run: SamplingRun) -> dict[str, Any]:
+    return {
+        "written": run.written,
+        "reused": run.reused,
+        "redrawn": run.redrawn,
+        "duplicates_kept": run.duplicates,
+        "failures": run.failures,
+    }
 
 
 def _written(path: Path) -> bool:

@@ -5,6 +5,12 @@ penalty (DeePer: 1.0, 0.4, 1.1, M = 15). Its rewards are the MAE reductions on t
 windows against the old persona (:mod:`personalens.refinement.rewards`). The future window is part of the reward
 here on purpose — this is training data, the reward is the teacher — and is never shown to the model.
 
+At a low top-p a sharp model often writes the same answer twice. Two equal candidates cost two generations and
+can never form a pair, so a candidate whose text (up to whitespace) repeats an earlier one of its context is drawn
+again, up to ``redraw_duplicates`` times, from sample slots after the first M (so the first M draws stay the cached
+ones); a duplicate still left after that is kept and counted. DeePer keeps duplicates; ``redraw_duplicates = 0`` does
+the same.
+
 Results go to ``samples.jsonl``, one line per context as soon as all its candidates are scored, so a killed run
 resumes at the next context (and the LLM response cache makes a half-finished context's finished samples free).
 """
@@ -27,6 +33,9 @@ from personalens.refinement.strategies import PersonaWriter
 from personalens.training.contexts import RefineContext
 
 SAMPLES_FILE = "samples.jsonl"
+SAMPLE_SLOTS = 1000  # sample slots per seed: seed s draws slots s*1000+1, s*1000+2, ...
+# Settings added after runs were sampled, with the value those runs used (a stamp without them is not a change).
+LEGACY_SETTINGS: dict[str, Any] = {"redraw_duplicates": 0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +50,17 @@ class SamplingConfig:
     min_words: int = 200
     max_words: int = 320
     seed: int = 0
+    redraw_duplicates: int = 2  # extra draws allowed per candidate that repeats an earlier one of its context
 
     def __post_init__(self) -> None:
         if self.candidates < 1:
             raise ValueError("candidates must be >= 1")
+        if self.redraw_duplicates < 0:
+            raise ValueError("redraw_duplicates must be >= 0")
+        if self.candidates * (1 + self.redraw_duplicates) >= SAMPLE_SLOTS:
+            raise ValueError(
+                f"candidates x (1 + redraw_duplicates) must stay under {SAMPLE_SLOTS} (the sample slots of one seed)"
+            )
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
             raise ValueError("need temperature >= 0, 0 < top_p <= 1 and repetition_penalty > 0")
 
@@ -86,6 +102,8 @@ class SampledContext:
     context_id: str
     candidates: list[Candidate]
     usage: Usage = field(default_factory=Usage)
+    redrawn: int = 0  # extra draws made because a candidate repeated an earlier one
+    duplicates: int = 0  # candidates kept although they repeat an earlier one (redraws used up)
 
 
 def score_candidate(text: str, context: RefineContext, predictor: Predictor) -> tuple[WindowErrors, Usage]:
@@ -104,17 +122,32 @@ def sample_context(
     """Draw ``config.candidates`` refinements of ``context`` and score each one."""
     out = SampledContext(context.context_id, [])
     messages = context.messages(min_words=config.min_words, max_words=config.max_words)
+    seen: set[str] = set()
+    spare = config.candidates  # the last slot used by a redraw
     for i in range(config.candidates):
-        written = writer.write(
-            messages,
-            context.current,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            repetition_penalty=config.repetition_penalty,
-            sample=config.seed * 1000 + i + 1,
-        )
+        slot = i + 1
+        for attempt in range(config.redraw_duplicates + 1):
+            if attempt:
+                spare += 1
+                slot = spare
+                out.redrawn += 1
+            written = writer.write(
+                messages,
+                context.current,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                repetition_penalty=config.repetition_penalty,
+                sample=config.seed * SAMPLE_SLOTS + slot,
+            )
+            out.usage = out.usage + written.usage
+            key = " ".join(written.text.split())
+            if key not in seen:
+                break
+        else:
+            out.duplicates += 1
+        seen.add(key)
         errors, usage = score_candidate(written.text, context, predictor)
-        out.usage = out.usage + written.usage + usage
+        out.usage = out.usage + usage
         reward = rewards(context.errors, errors)
         out.candidates.append(Candidate(written.text, errors, reward, written.short, written.leaked))
     return out
@@ -125,14 +158,28 @@ class SamplingRun:
     sampled: list[SampledContext]
     written: int = 0
     reused: int = 0
+    redrawn: int = 0
+    duplicates: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     seconds: float = 0.0
 
 
 def read_samples(out_dir: str | Path) -> dict[str, list[Candidate]]:
+    return {s.context_id: s.candidates for s in _read_sampled(out_dir)}
+
+
+def _read_sampled(out_dir: str | Path) -> list[SampledContext]:
     rows, _ = read_jsonl_rows(Path(out_dir) / SAMPLES_FILE)
-    return {r["context_id"]: [Candidate.from_json(c) for c in r["candidates"]] for r in rows}
+    return [
+        SampledContext(
+            r["context_id"],
+            [Candidate.from_json(c) for c in r["candidates"]],
+            redrawn=int(r.get("redrawn", 0)),
+            duplicates=int(r.get("duplicates", 0)),
+        )
+        for r in rows
+    ]
 
 
 def run_sampling(
@@ -152,7 +199,7 @@ def run_sampling(
     out.mkdir(parents=True, exist_ok=True)
     stamp = out / "samples.json"
     if stamp.exists():
-        previous = json.loads(stamp.read_text())
+        previous = {**LEGACY_SETTINGS, **json.loads(stamp.read_text())}
         if previous != asdict(config):
             raise PersonaLensError(
                 f"{out / SAMPLES_FILE} was sampled with {previous}; not resuming it with {asdict(config)} "
@@ -160,13 +207,15 @@ def run_sampling(
             )
     else:
         stamp.write_text(json.dumps(asdict(config), indent=2))
-    done = read_samples(out)
+    done = {s.context_id: s for s in _read_sampled(out)}
     run = SamplingRun([])
     with (out / SAMPLES_FILE).open("a", encoding="utf-8") as sink:
         for context in contexts:
             if context.context_id in done:
-                run.sampled.append(SampledContext(context.context_id, done[context.context_id]))
+                run.sampled.append(done[context.context_id])
                 run.reused += 1
+                run.redrawn += done[context.context_id].redrawn
+                run.duplicates += done[context.context_id].duplicates
                 emit("context", {"context": context.context_id, "reused": True})
                 continue
             try:
@@ -179,11 +228,15 @@ def run_sampling(
                 "context_id": context.context_id,
                 "candidates": [c.to_json() for c in sampled.candidates],
                 "usage": sampled.usage.to_dict(),
+                "redrawn": sampled.redrawn,
+                "duplicates": sampled.duplicates,
             }
             sink.write(json.dumps(row, ensure_ascii=False) + "\n")
             sink.flush()
             run.sampled.append(sampled)
             run.written += 1
+            run.redrawn += sampled.redrawn
+            run.duplicates += sampled.duplicates
             run.usage = run.usage + sampled.usage
             emit("context", {"context": context.context_id, "reused": False})
     run.seconds = time.perf_counter() - started
@@ -191,7 +244,9 @@ def run_sampling(
 
 
 __all__ = [
+    "LEGACY_SETTINGS",
     "SAMPLES_FILE",
+    "SAMPLE_SLOTS",
     "Candidate",
     "SampledContext",
     "SamplingConfig",
