@@ -80,7 +80,14 @@ def test_refine_rounds_record_errors_and_rewards_and_never_show_the_future():
     assert (r1.after.previous, r1.after.current, r1.after.future) == (2.0, 0.0, 0.0)
     assert r1.rewards.previous == -2.0 and r1.rewards.current == 2.0 and r1.rewards.future == 2.0
     assert r1.rewards.total() == pytest.approx(2.0) and r1.committed and r1.gate is None
-    assert r1.flags == {"short": False, "leaked": [], "attempts": 1, "unchanged": False, "repetitive_extensions": 0}
+    assert r1.flags == {
+        "short": False,
+        "leaked": [],
+        "attempts": 1,
+        "unchanged": False,
+        "repetitive_extensions": 0,
+        "cut_to_revision": 0,
+    }
     assert r2.before.future == 1.0 and r2.after.future == 0.0
     shown = " ".join(m.content for c in model.calls for m in c.messages)
     assert "predicted 2, actual 4" in shown  # Refine saw S0's prediction of W1

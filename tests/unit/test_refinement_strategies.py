@@ -259,3 +259,81 @@ def test_a_writer_wide_repetition_penalty_applies_where_the_caller_names_none():
     assert "repetition_penalty" not in _writer(model).config()  # unset: recorded settings stay as before
     with pytest.raises(ValueError, match="repetition_penalty"):
         _writer(model, repetition_penalty=0.9)
+
+
+PROFILE = " ".join(["This person values patient storytelling and warm, believable characters."] * 4)  # 36 words
+ANALYSED = f"""### Current Profile of a Person's Taste
+Old wording that restates the old profile before it changes anything at all.
+
+### Where the Predictions Went Wrong
+1. **Gamma Road** - predicted 2.5, actual 4: the profile undersold quiet dramas.
+
+### Revised Profile
+Here is the corrected profile:
+---
+{PROFILE}
+"""
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ANALYSED,
+        f"Some analysis of the errors first.\n\nRewritten profile:\n{PROFILE}\n",
+        f"Analysis of what went wrong.\n\n**Updated persona:** {PROFILE}\n",
+        f"## Revised Profile:\n**Current Profile of a Person's Taste in Movies:**\n{PROFILE}\n",
+        f"Analysis.\n\n### Final Profile\n\n{PROFILE}\n\n### Explanation of Changes\nThe profile now covers dramas.\n",
+        f"### New Profile\n{PROFILE}\n- Gamma Road: predicted 2.5, actual 4\n",
+    ],
+)
+def test_the_revised_section_is_the_profile_under_its_heading(answer):
+    from personalens.profiling.summarize import revised_section
+
+    section, cut = revised_section(answer)
+    assert cut and " ".join(section.split()) == PROFILE
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        PROFILE,  # no heading at all
+        f"### Profile of a Person's Taste in Movies\n{PROFILE}",  # a title, not a revision
+        f"{PROFILE}\n\n### Revised Profile\nShort tail only.",  # too little under the heading to be the profile
+        f"### Misjudgments and Corrections\n1. The profile undersold dramas.\n{PROFILE}",  # analysis, no revision
+    ],
+)
+def test_an_answer_without_a_revised_section_is_kept_whole(answer):
+    from personalens.profiling.summarize import revised_section
+
+    assert revised_section(answer) == (answer, False)
+
+
+def test_the_last_heading_with_a_profile_under_it_wins():
+    from personalens.profiling.summarize import revised_section
+
+    other = " ".join(["An earlier draft that the answer later replaced with a final one."] * 3)
+    answer = f"### Revised Profile\n{other}\n\n### Final Profile\n{PROFILE}\n\n### Updated profile:\nThat is all."
+    assert revised_section(answer) == (PROFILE, True)
+
+
+def test_the_writer_keeps_only_the_revised_profile_and_counts_the_cut():
+    model = ScriptedChatModel([ANALYSED])
+    written = _writer(model).update("refine", "Old profile text.", [W0, W1])
+    assert written.text == PROFILE and written.cut_to_revision == 1 and not written.short
+    assert "Gamma Road" not in written.text and not written.leaked
+    whole = _writer(ScriptedChatModel([ANALYSED]), revised_only=False).update("refine", "Old.", [W0, W1])
+    assert whole.cut_to_revision == 0 and "Gamma Road" in whole.text and whole.leaked
+    assert _writer(model).config()["revised_only"] is True
+    assert "revised_only" not in _writer(model, revised_only=False).config()  # settings recorded before it match
+
+
+def test_a_cut_that_leaves_a_short_profile_is_extended_and_the_continuation_is_never_cut():
+    short = " ".join(PROFILE.split()[:20])
+    more = "They also enjoy documentaries about craft, music and the people behind it, and rate slow dramas highly."
+    continuation = f"### Revised Profile\n{more}\n"  # a continuation is appended as written, never cut
+    model = ScriptedChatModel(
+        [f"Analysis first.\n\n### Revised Profile\n{short} and even more here now.", continuation]
+    )
+    written = _writer(model).update("refine", "Old profile text.", [W0, W1])
+    assert written.cut_to_revision == 1 and written.attempts == 2
+    assert written.text.startswith(short) and "Revised Profile" in written.text

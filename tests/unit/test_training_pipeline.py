@@ -335,18 +335,29 @@ def test_a_training_setting_added_after_a_run_started_is_not_a_change(tmp_path):
     assert "config_changed" not in summary
 
 
-def test_a_run_sampled_before_duplicates_were_redrawn_resumes_only_with_redraw_zero(tmp_path):
+def test_a_run_sampled_before_redraws_and_cuts_resumes_only_with_the_old_rules(tmp_path):
     trainer = FakeTrainer()
-    legacy = CONFIG.replace("max_words = 80\n", "max_words = 80\nredraw_duplicates = 0\n", 1)
-    _pipeline(tmp_path, trainer, {}, legacy).run(until="sampling")
+    legacy = CONFIG.replace("max_words = 80\n", "max_words = 80\nredraw_duplicates = 0\nrevised_only = false\n", 1)
+    pipeline = _pipeline(tmp_path, trainer, {}, legacy)
+    assert pipeline._writer(ScriptedChatModel([]), _context_like()).revised_only is False
+    pipeline.run(until="sampling")
     stamp = tmp_path / "out" / "config.json"
     stored = json.loads(stamp.read_text())
-    del stored["sampling"]["redraw_duplicates"]  # as written before the setting existed
+    del stored["sampling"]["redraw_duplicates"]  # as written before the settings existed
+    del stored["sampling"]["revised_only"]
     stamp.write_text(json.dumps(stored))
     assert "config_changed" not in _pipeline(tmp_path, trainer, {}, legacy).run(until="sampling")
     stamp.write_text(json.dumps(stored))
     with pytest.raises(ConfigError, match="sampling"):
-        _pipeline(tmp_path, trainer, {}).run(until="sampling")  # the default (2) would mix two sampling rules
+        _pipeline(tmp_path, trainer, {}).run(until="sampling")  # the defaults would mix two sampling rules
+    (tmp_path / "fresh").mkdir()
+    assert _pipeline(tmp_path / "fresh", trainer, {})._writer(ScriptedChatModel([]), _context_like()).revised_only
+
+
+def _context_like():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(domain="movies", scale=(1.0, 5.0, 1.0))
 
 
 def test_iteration2_overrides_are_checked_like_the_train_section():

@@ -59,6 +59,70 @@ def _trigrams(text: str) -> list[tuple[str, str, str]]:
     return [(words[i], words[i + 1], words[i + 2]) for i in range(len(words) - 2)]
 
 
+# A line that announces the rewritten profile: a Markdown heading, a bold line or a short "...:" line naming a revised,
+# updated, corrected ... profile or persona. What follows it on the same line (after a colon) is part of the profile.
+_REVISION_MARK = re.compile(
+    r"^\s*(?:#{1,6}\s*)?(?:\*\*\s*)?(?:(?:the|your|my|a|an|here\s+is\s+the)\s+)?"
+    r"(?:revised|updated|corrected|refined|improved|rewritten|new|final)\b(?P<words>[^\n:*]{0,40}?)"
+    r"\b(?:profile|persona)\b[^\n:*]{0,50}?(?:\*\*)?\s*:?\s*(?:\*\*)?\s*:?(?P<rest>.*)$",
+    re.IGNORECASE,
+)
+# Sections a model appends after the profile to explain it
+_AFTERWORD = re.compile(
+    r"^\s*(?:#{1,6}\s*|\*\*\s*)(?:explanation|changes|summary of changes|rationale|justification|notes?|"
+    r"what changed|key changes)\b",
+    re.IGNORECASE,
+)
+_RULE = re.compile(r"^\s*(?:-{3,}|\*{3,}|_{3,})\s*$")
+_QUOTED_RATINGS = re.compile(r"\bpredicted\b\W*(?:rating\W*)?\d[\d.]*.*\bactual\b", re.IGNORECASE)
+MIN_REVISED_WORDS = 25  # a shorter section after the heading is not taken for the profile
+
+
+def _is_heading(line: str) -> bool:
+    stripped = line.strip()
+    if stripped.startswith("#"):
+        return True
+    if stripped.startswith("**") and stripped.rstrip(":").endswith("**"):
+        return True
+    return stripped.endswith(":") and len(stripped.split()) <= 12
+
+
+def revised_section(text: str) -> tuple[str, bool]:
+    """The profile part of an answer that first works through the old profile and the errors and then gives the
+    rewritten profile under a heading ("### Revised Profile", "**Updated persona:**", ...), and whether it was cut.
+
+    The 1.5B model answers a refinement this way in some answers (greedy: 10 of 365 cached Refine answers, sampled at
+    T 1, top-p 0.4: 62 of 306; the iteration-1 adapter: 81 of 91), and what precedes the heading restates the old
+    profile or quotes items with their predicted and actual ratings, which a profile must not hold. The text after
+    the last such heading is kept, without its leading titles, rules and lead-in lines ("Here is the corrected
+    profile:"), without an explanation section after it and without lines that quote a predicted and an actual
+    rating. An answer with no such heading, or with fewer than
+    ``MIN_REVISED_WORDS`` words after it, is returned unchanged."""
+    lines = text.splitlines()
+    marks = []
+    for i, line in enumerate(lines):
+        match = _REVISION_MARK.match(line)
+        rest = match.group("rest").strip() if match else ""
+        if match and (_is_heading(line) or (rest and line.strip().startswith(("#", "**")))):
+            marks.append((i, rest.strip("*").strip()))
+    if not marks:
+        return text, False
+    ends = [i for i, _ in marks[1:]] + [len(lines)]
+    for (start, first), end in reversed(list(zip(marks, ends, strict=True))):  # the last heading a profile follows
+        body = [first, *lines[start + 1 : end]] if first else lines[start + 1 : end]
+        while body and (not body[0].strip() or _RULE.match(body[0]) or _is_heading(body[0])):
+            body.pop(0)
+        for i, line in enumerate(body):
+            if _AFTERWORD.match(line):
+                body = body[:i]
+                break
+        body = [line for line in body if not _QUOTED_RATINGS.search(line)]
+        section = "\n".join(body).strip()
+        if len(section.split()) >= MIN_REVISED_WORDS:
+            return section, True
+    return text, False
+
+
 def clean_persona_text(text: str) -> str:
     """Strip quotes, a leading "Profile:"/"Persona:" label and extra whitespace from a model's persona answer."""
     text = text.strip().strip('"').strip()

@@ -92,6 +92,7 @@ class DynamicConfig:
     min_words: int = 200
     max_words: int = 320
     repetition_penalty: float | None = None  # for every persona request (None: the backend's default, none)
+    revised_only: bool = True  # keep only the profile under an answer's "revised profile" heading
     predictor: str = "probability"
     references: tuple[str, ...] = REFERENCES
     seed: int = 0
@@ -126,6 +127,7 @@ def parse_dynamic_config(raw: dict[str, Any], *, source: str = "<config>", base:
         "min_words",
         "max_words",
         "repetition_penalty",
+        "revised_only",
         "predictor",
         "references",
     }
@@ -157,6 +159,8 @@ def parse_dynamic_config(raw: dict[str, Any], *, source: str = "<config>", base:
         raise ConfigError(f"{source}: [refine] predictor must be probability or structured")
     if config.rounds < 1 or config.users_per_domain < 1:
         raise ConfigError(f"{source}: [data] rounds and users_per_domain must be >= 1")
+    if not isinstance(config.revised_only, bool):
+        raise ConfigError(f"{source}: [refine] revised_only must be true or false")
     if config.repetition_penalty is not None and not config.repetition_penalty >= 1:
         raise ConfigError(f"{source}: [refine] repetition_penalty must be >= 1 (1: none)")
     return config
@@ -249,6 +253,7 @@ class DynamicExperiment:
                         min_words=self.config.min_words,
                         max_words=self.config.max_words,
                         repetition_penalty=self.config.repetition_penalty,
+                        revised_only=self.config.revised_only,
                     )
                     refiner = DynamicRefiner(writer, self.predictor, method)
                     t0 = time.perf_counter()
@@ -278,6 +283,7 @@ class DynamicExperiment:
                 min_words=self.config.min_words,
                 max_words=self.config.max_words,
                 repetition_penalty=self.config.repetition_penalty,
+                revised_only=self.config.revised_only,
             )
             out[method.label] = DynamicRefiner(writer, self.predictor, method).describe()
         return out

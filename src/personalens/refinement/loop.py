@@ -198,6 +198,8 @@ class DynamicRefiner:
         }
         if self.writer.repetition_penalty is not None:
             config["repetition_penalty"] = self.writer.repetition_penalty
+        if self.writer.revised_only:
+            config["revised_only"] = True
         if self.config.strategy in UPDATES_OLD_PERSONA and self.writer.reask_unchanged:
             config["reask_sampling"] = self.writer.config()["reask_sampling"]
         return config
@@ -260,6 +262,7 @@ class DynamicRefiner:
                     "attempts": update.attempts,
                     "unchanged": update.unchanged,
                     "repetitive_extensions": update.repetitive_extensions,
+                    "cut_to_revision": update.cut_to_revision,
                 }
             else:
                 candidates = []

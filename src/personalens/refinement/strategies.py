@@ -20,6 +20,7 @@ from personalens.profiling.summarize import (
     clean_persona_text,
     find_leaked_titles,
     repeated_trigram_share,
+    revised_section,
 )
 from personalens.refinement import prompts
 from personalens.refinement.prompts import RatedItem
@@ -49,7 +50,8 @@ class WrittenPersona:
     """A persona text with what it cost and what was noticed: ``short`` when it stayed under the minimum length
     after the bounded re-ask, ``leaked`` the item texts it names (it should name none), ``unchanged`` when an update
     gave back the persona it was asked to update, word for word, after the bounded re-ask;
-    ``repetitive_extensions`` counts continuations of a short answer that were refused for restating it."""
+    ``repetitive_extensions`` counts continuations of a short answer that were refused for restating it;
+    ``cut_to_revision`` counts answers of which only the part under a "revised profile" heading was kept."""
 
     text: str
     usage: Usage = field(default_factory=Usage)
@@ -58,6 +60,7 @@ class WrittenPersona:
     leaked: tuple[str, ...] = ()
     unchanged: bool = False
     repetitive_extensions: int = 0  # continuations refused because they restated the profile
+    cut_to_revision: int = 0  # answers cut to the profile under their "revised profile" heading
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +93,11 @@ class PersonaWriter:
     A continuation is asked for with a repetition penalty (``extend_repetition_penalty``), and one that mostly
     restates the profile (more than ``extend_max_repeated`` of its word trigrams already there) is refused: the short
     answer is kept, flagged ``short``, rather than padded with a copy of itself. A further continuation, when
-    ``max_attempts`` allows one, is sampled per ``reask_sampling``."""
+    ``max_attempts`` allows one, is sampled per ``reask_sampling``.
+    With ``revised_only`` (the default) an answer that works through the old profile and the errors before giving the
+    rewritten profile under a heading keeps only the rewritten profile
+    (:func:`~personalens.profiling.summarize.revised_section`); what came before restates the old profile or quotes
+    items with their ratings."""
 
     def __init__(
         self,
@@ -107,6 +114,7 @@ class PersonaWriter:
         extend_repetition_penalty: float = 1.3,
         extend_max_repeated: float = 0.4,
         repetition_penalty: float | None = None,
+        revised_only: bool = True,
     ) -> None:
         if not 0 < min_words <= max_words:
             raise ValueError("need 0 < min_words <= max_words")
@@ -132,6 +140,7 @@ class PersonaWriter:
         self.extend_repetition_penalty = extend_repetition_penalty
         self.extend_max_repeated = extend_max_repeated
         self.repetition_penalty = repetition_penalty
+        self.revised_only = revised_only
 
     def config(self) -> dict[str, object]:
         """The settings that shape what this writer stores (part of a run's configuration digest)."""
@@ -146,6 +155,7 @@ class PersonaWriter:
             "extend": self.extend_config(),
             # only when set, so the settings recorded before it existed still match
             **({} if self.repetition_penalty is None else {"repetition_penalty": self.repetition_penalty}),
+            **({"revised_only": True} if self.revised_only else {}),
         }
 
     def extend_config(self) -> dict[str, float] | None:
@@ -177,6 +187,7 @@ class PersonaWriter:
         best = ""
         extending = ""  # the short profile the pending request continues
         refused = 0  # continuations refused for restating the profile
+        cut = 0  # answers cut to their revised section
         old = bound_words(replaces, self.max_words)[0] if replaces is not None and self.reask_unchanged else None
         for _ in range(self.max_attempts):
             request = ChatRequest.of(
@@ -193,7 +204,11 @@ class PersonaWriter:
             raws.append(result.text)
             # judged as it would be stored: cut to max_words (an answer that is the old persona plus a tail that
             # the cut removes is still the old persona)
-            answer = clean_persona_text(result.text)
+            raw = result.text
+            if self.revised_only and not extending:  # a continuation is only the added part
+                raw, was_cut = revised_section(raw)
+                cut += was_cut
+            answer = clean_persona_text(raw)
             text, _ = bound_words(f"{extending} {answer}" if extending else answer, self.max_words)
             if extending:
                 added = " ".join(text.split()[len(extending.split()) :])
@@ -241,6 +256,7 @@ class PersonaWriter:
             leaked=find_leaked_titles(text, [x.text for x in items]),
             unchanged=old is not None and best == old,
             repetitive_extensions=refused,
+            cut_to_revision=cut,
         )
 
     def initial(self, window: Sequence[RatedItem]) -> WrittenPersona:
@@ -300,6 +316,7 @@ class PersonaWriter:
             merged.usage = merged.usage + short.usage
             merged.attempts += short.attempts
             merged.repetitive_extensions += short.repetitive_extensions
+            merged.cut_to_revision += short.cut_to_revision
             return merged
         else:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")

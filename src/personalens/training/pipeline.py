@@ -260,6 +260,7 @@ class TrainPipeline:
             max_words=s.max_words,
             reask_unchanged=False,
             short_answers="rewrite",
+            revised_only=s.revised_only,
         )
 
     # ------------------------------------------------------------------------------------------------ stages
