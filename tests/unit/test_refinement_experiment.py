@@ -333,6 +333,23 @@ def test_table2_reports_short_and_self_repeating_personas():
     assert quality["repeated_trigrams"] == pytest.approx((repeated + 0 + repeated) / 3)
     # rows without the writer's minimum leave the share unknown, not zero
     assert _persona_quality([{**row, "config": {}}], 2)["short_share"] is None
+    assert quality["leaked_share"] is None and quality["cut_share"] is None  # no flags recorded
+
+
+def test_table2_reports_updates_that_name_items_or_were_cut_to_their_revision():
+    from personalens.refinement.experiment import _persona_quality
+
+    flags = [
+        {"leaked": ["Gamma Road"], "cut_to_revision": 1},
+        {"leaked": [], "cut_to_revision": 0},
+        {"leaked": [], "cut_to_revision": 0},
+    ]
+    rounds = [{"persona": "x", "committed": True, "flags": f} for f in flags]
+    rounds.append({"persona": "x", "committed": False, "flags": {}})  # a verified round: its gate, no flags
+    quality = _persona_quality([{"initial": "x", "rounds": rounds}], 4)
+    assert quality["leaked_share"] == pytest.approx(1 / 3) and quality["cut_share"] == pytest.approx(1 / 3)
+    older = [{"persona": "x", "committed": True, "flags": {"leaked": []}}]  # written before cuts were counted
+    assert _persona_quality([{"initial": "x", "rounds": older}], 1)["cut_share"] is None
 
 
 def test_a_repetition_penalty_reaches_every_persona_request_and_the_rows(tmp_path):

@@ -385,7 +385,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _persona_quality(rows: Sequence[Mapping[str, Any]], n_rounds: int) -> dict[str, float | None]:
     """Over every persona version (S0 and each round's): the share under the writer's ``min_words`` (None when the
     rows do not record it) and the mean share of word trigrams a persona repeats from itself (0 for all-new wording;
-    a persona padded with copies of its own sentences scores high)."""
+    a persona padded with copies of its own sentences scores high). Over the updates that record the writer's flags
+    (a verified update records its gate instead): the share whose persona names an item of the windows it saw, and
+    the share whose answer was cut to the profile under its "revised profile" heading (None when not recorded)."""
     texts: list[str] = []
     short: list[bool] = []
     for r in rows:
@@ -395,9 +397,14 @@ def _persona_quality(rows: Sequence[Mapping[str, Any]], n_rounds: int) -> dict[s
         minimum = (r.get("config") or {}).get("writer", {}).get("min_words")
         if isinstance(minimum, int):
             short += [len(v.split()) < minimum for v in versions]
+    flags = [x["flags"] for r in rows for x in r["rounds"][:n_rounds] if x.get("flags")]
+    leaked = [bool(f["leaked"]) for f in flags if "leaked" in f]
+    cut = [f["cut_to_revision"] > 0 for f in flags if "cut_to_revision" in f]
     return {
         "short_share": sum(short) / len(short) if short and len(short) == len(texts) else None,
         "repeated_trigrams": statistics.fmean(repeated_trigram_share(v) for v in texts) if texts else None,
+        "leaked_share": sum(leaked) / len(leaked) if leaked else None,
+        "cut_share": sum(cut) / len(cut) if cut else None,
     }
 
 
@@ -485,19 +492,26 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
         lines += ["", "### Persona length in words per round (Table 2 layout)", ""]
         lines.append(
             "Over every persona version: under min_words: the share shorter than the writer's minimum; "
-            "repeated trigrams: the mean share of a persona's word trigrams that repeat an earlier one in it."
+            "repeated trigrams: the mean share of a persona's word trigrams that repeat an earlier one in it. "
+            "Over the updates (not recorded for verified ones): names items: the share whose persona names an item "
+            "of the windows it saw; cut: the share whose answer was cut to the profile under its "
+            '"revised profile" heading.'
         )
         lines.append("")
         lines.append(
-            "| method | " + " | ".join(f"round {t}" for t in range(n)) + " | under min_words | repeated trigrams |"
+            "| method | "
+            + " | ".join(f"round {t}" for t in range(n))
+            + " | under min_words | repeated trigrams | names items | cut |"
         )
-        lines.append("|---|" + "---:|" * n + "---:|---:|")
+        lines.append("|---|" + "---:|" * n + "---:|---:|---:|---:|")
         for method, m in methods.items():
             if m["persona_words_by_round"] is not None:  # a reference has no persona
-                short = f"{100 * m['short_share']:.0f}%" if m.get("short_share") is not None else ""
-                repeated = f"{100 * m['repeated_trigrams']:.0f}%" if m.get("repeated_trigrams") is not None else ""
+                shares = " | ".join(
+                    f"{100 * m[key]:.0f}%" if m.get(key) is not None else ""
+                    for key in ("short_share", "repeated_trigrams", "leaked_share", "cut_share")
+                )
                 cells = " | ".join(f"{v:.0f}" for v in m["persona_words_by_round"])
-                lines.append(f"| {method} | {cells} | {short} | {repeated} |")
+                lines.append(f"| {method} | {cells} | {shares} |")
     return "\n".join(lines) + "\n"
 
 
