@@ -60,7 +60,16 @@ def test_a_short_profile_of_the_real_model_is_extended_with_new_wording(local_ll
             answers.append(result.text)
             return result
 
-    writer = PersonaWriter(Recording(), domain="movies", scale=(1, 5, 1), min_words=380, max_words=520, max_attempts=3)
+    writer = PersonaWriter(
+        Recording(),
+        domain="movies",
+        scale=(1, 5, 1),
+        min_words=380,
+        max_words=520,
+        max_attempts=3,
+        revised_only=False,  # the first answer is kept as written, so the test can find it at the start
+        drop_naming=False,
+    )
     out = writer.initial(window)
     assert out.attempts >= 2 and all("Do not repeat" in r.messages[-1].content for r in asked[1:])  # not rewritten
     assert all(r.repetition_penalty == 1.3 for r in asked[1:])

@@ -363,16 +363,21 @@ def test_a_repetition_penalty_reaches_every_persona_request_and_the_rows(tmp_pat
         _config(tmp_path / "other", "repetition_penalty = 0.5\n")
 
 
-def test_rows_record_that_answers_are_cut_to_their_revised_profile_and_it_can_be_turned_off(tmp_path):
+def test_rows_record_the_answer_clean_ups_and_each_can_be_turned_off(tmp_path):
     model = _model()
     DynamicExperiment(_config(tmp_path, ""), tmp_path / "out", model=model, predictor=LevelPredictor()).run()
     rows = [r for r in read_dynamic_rows(tmp_path / "out" / "rows.jsonl") if not r.get("reference")]
     assert rows and all(r["config"]["writer"]["revised_only"] is True for r in rows)
+    assert all(r["config"]["writer"]["drop_naming"] is True for r in rows)
     assert all("cut_to_revision" in rd["flags"] for r in rows for rd in r["rounds"] if rd["flags"])
-    off = _config(tmp_path / "off", "revised_only = false\n")
-    assert off.revised_only is False
+    assert all("dropped_sentences" in rd["flags"] for r in rows for rd in r["rounds"] if rd["flags"])
+    off = _config(tmp_path / "off", "revised_only = false\ndrop_naming = false\n")
+    assert off.revised_only is False and off.drop_naming is False
     DynamicExperiment(off, tmp_path / "off" / "out", model=_model(), predictor=LevelPredictor()).run()
     rows = [r for r in read_dynamic_rows(tmp_path / "off" / "out" / "rows.jsonl") if not r.get("reference")]
     assert rows and all("revised_only" not in r["config"]["writer"] for r in rows)
+    assert all("drop_naming" not in r["config"]["writer"] for r in rows)
     with pytest.raises(ConfigError, match="revised_only"):
         _config(tmp_path / "bad", 'revised_only = "no"\n')
+    with pytest.raises(ConfigError, match="drop_naming"):
+        _config(tmp_path / "bad2", "drop_naming = 1\n")

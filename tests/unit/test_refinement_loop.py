@@ -87,6 +87,7 @@ def test_refine_rounds_record_errors_and_rewards_and_never_show_the_future():
         "unchanged": False,
         "repetitive_extensions": 0,
         "cut_to_revision": 0,
+        "dropped_sentences": 0,
     }
     assert r2.before.future == 1.0 and r2.after.future == 0.0
     shown = " ".join(m.content for c in model.calls for m in c.messages)

@@ -151,10 +151,10 @@ def test_a_copy_is_re_asked_in_full_even_when_it_is_short():
 
 def test_leaked_titles_are_reported_and_length_is_bounded():
     model = ScriptedChatModel([LONG + " Loved Alpha Saga. " + LONG])
-    out = _writer(model).initial(W0)
+    out = _writer(model, drop_naming=False).initial(W0)
     assert len(out.text.split()) <= 60 and out.leaked in ((), ("Alpha Saga",))
     model = ScriptedChatModel(["Loved Alpha Saga. " + LONG])
-    assert _writer(model).initial(W0).leaked == ("Alpha Saga",)
+    assert _writer(model, drop_naming=False).initial(W0).leaked == ("Alpha Saga",)
 
 
 def test_samples_differ_in_the_request():
@@ -321,7 +321,9 @@ def test_the_writer_keeps_only_the_revised_profile_and_counts_the_cut():
     written = _writer(model).update("refine", "Old profile text.", [W0, W1])
     assert written.text == PROFILE and written.cut_to_revision == 1 and not written.short
     assert "Gamma Road" not in written.text and not written.leaked
-    whole = _writer(ScriptedChatModel([ANALYSED]), revised_only=False).update("refine", "Old.", [W0, W1])
+    whole = _writer(ScriptedChatModel([ANALYSED]), revised_only=False, drop_naming=False).update(
+        "refine", "Old.", [W0, W1]
+    )
     assert whole.cut_to_revision == 0 and "Gamma Road" in whole.text and whole.leaked
     assert _writer(model).config()["revised_only"] is True
     assert "revised_only" not in _writer(model, revised_only=False).config()  # settings recorded before it match
@@ -337,3 +339,34 @@ def test_a_cut_that_leaves_a_short_profile_is_extended_and_the_continuation_is_n
     written = _writer(model).update("refine", "Old profile text.", [W0, W1])
     assert written.cut_to_revision == 1 and written.attempts == 2
     assert written.text.startswith(short) and "Revised Profile" in written.text
+
+
+def test_sentences_naming_an_item_are_dropped_line_by_line_with_a_lead_in_left_empty():
+    from personalens.profiling.summarize import drop_naming_sentences
+
+    text = (
+        "Likes slow dramas. They loved Gamma Road (1998) for its pace.\n\n"
+        "Since then the person rated these:\n- Gamma Road: rated 4\n- delta dawn: rated 1\n\n"
+        "Keeps this. Delta Dawn was a miss! Dislikes loud action.\n"
+        "Also likes:\n- quiet character studies"
+    )
+    kept, dropped = drop_naming_sentences(text, ["Gamma Road (1998)", "Delta Dawn", "Up"])  # "Up": too short to check
+    assert dropped == 4
+    assert kept == "Likes slow dramas.\n\nKeeps this. Dislikes loud action.\nAlso likes:\n- quiet character studies"
+    assert drop_naming_sentences("Nothing named here.", ["Gamma Road"]) == ("Nothing named here.", 0)
+
+
+def test_the_writer_drops_sentences_that_name_an_item_before_judging_the_answer():
+    naming = f"{PROFILE} They rated Gamma Road highly."
+    written = _writer(ScriptedChatModel([naming])).update("refine", "Old profile text.", [W0, W1])
+    assert written.text == PROFILE and written.dropped_sentences == 1 and not written.leaked
+    kept = _writer(ScriptedChatModel([naming]), drop_naming=False).update("refine", "Old.", [W0, W1])
+    assert kept.dropped_sentences == 0 and kept.leaked == ("Gamma Road",)
+    assert _writer(ScriptedChatModel([])).config()["drop_naming"] is True
+    assert "drop_naming" not in _writer(ScriptedChatModel([]), drop_naming=False).config()
+    # a drop that leaves the answer short gets the usual follow-up for the missing part
+    short = " ".join(PROFILE.split()[:24])
+    more = "They also enjoy documentaries about craft, music and the people behind it, and rate slow dramas highly."
+    model = ScriptedChatModel([f"{short}. Gamma Road was their favourite by far this time.", more])
+    written = _writer(model).update("refine", "Old profile text.", [W0, W1])
+    assert written.dropped_sentences == 1 and written.attempts == 2 and "Gamma Road" not in written.text

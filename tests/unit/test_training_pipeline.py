@@ -337,21 +337,25 @@ def test_a_training_setting_added_after_a_run_started_is_not_a_change(tmp_path):
 
 def test_a_run_sampled_before_redraws_and_cuts_resumes_only_with_the_old_rules(tmp_path):
     trainer = FakeTrainer()
-    legacy = CONFIG.replace("max_words = 80\n", "max_words = 80\nredraw_duplicates = 0\nrevised_only = false\n", 1)
+    old_rules = "redraw_duplicates = 0\nrevised_only = false\ndrop_naming = false\n"
+    legacy = CONFIG.replace("max_words = 80\n", "max_words = 80\n" + old_rules, 1)
     pipeline = _pipeline(tmp_path, trainer, {}, legacy)
-    assert pipeline._writer(ScriptedChatModel([]), _context_like()).revised_only is False
+    old_writer = pipeline._writer(ScriptedChatModel([]), _context_like())
+    assert old_writer.revised_only is False and old_writer.drop_naming is False
     pipeline.run(until="sampling")
     stamp = tmp_path / "out" / "config.json"
     stored = json.loads(stamp.read_text())
     del stored["sampling"]["redraw_duplicates"]  # as written before the settings existed
     del stored["sampling"]["revised_only"]
+    del stored["sampling"]["drop_naming"]
     stamp.write_text(json.dumps(stored))
     assert "config_changed" not in _pipeline(tmp_path, trainer, {}, legacy).run(until="sampling")
     stamp.write_text(json.dumps(stored))
     with pytest.raises(ConfigError, match="sampling"):
         _pipeline(tmp_path, trainer, {}).run(until="sampling")  # the defaults would mix two sampling rules
     (tmp_path / "fresh").mkdir()
-    assert _pipeline(tmp_path / "fresh", trainer, {})._writer(ScriptedChatModel([]), _context_like()).revised_only
+    new_writer = _pipeline(tmp_path / "fresh", trainer, {})._writer(ScriptedChatModel([]), _context_like())
+    assert new_writer.revised_only and new_writer.drop_naming
 
 
 def _context_like():

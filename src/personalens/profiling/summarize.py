@@ -187,6 +187,45 @@ def find_leaked_titles(text: str, titles: Sequence[str]) -> tuple[str, ...]:
     return tuple(found)
 
 
+def drop_naming_sentences(text: str, titles: Sequence[str]) -> tuple[str, int]:
+    """``text`` without the sentences that name one of ``titles`` (as :func:`find_leaked_titles` finds them), and how
+    many were dropped. Lines are kept apart (a list item is its own sentence), so a raw answer loses the item of a
+    list that names a title, not the whole list. A persona should describe tastes; a sentence that names a rated item
+    also hands the rating predictor that item's answer."""
+    bare = [b for b in (_bare_title(t) for t in dict.fromkeys(titles)) if b]
+    if not bare:
+        return text, 0
+    pattern = re.compile("|".join(r"(?<!\w)" + re.escape(b) + r"(?!\w)" for b in bare))
+    dropped = 0
+    kept: list[str | None] = []  # per line: what is left of it, None when every sentence of it was dropped
+    for line in text.splitlines():
+        sentences = _SENTENCE_END.split(line.strip()) if line.strip() else []
+        left = [x for x in sentences if not pattern.search(x.lower())]
+        dropped += len(sentences) - len(left)
+        kept.append(None if sentences and not left else line[: len(line) - len(line.lstrip())] + " ".join(left))
+    for i, rest in enumerate(kept):
+        if rest is not None and rest.rstrip().endswith(":") and _all_dropped(_items_under(kept, i)):
+            kept[i] = None  # a lead-in ("rated these:") whose every item was dropped
+    out = "\n".join(x for x in kept if x is not None)
+    return re.sub(r"\n{3,}", "\n\n", out).strip(), dropped
+
+
+def _items_under(lines: Sequence[str | None], i: int) -> list[str | None]:
+    """The run of non-blank lines after line ``i`` (after one blank line when the run starts there)."""
+    j = i + 1
+    if j < len(lines) and lines[j] == "":
+        j += 1
+    run: list[str | None] = []
+    while j < len(lines) and lines[j] != "":
+        run.append(lines[j])
+        j += 1
+    return run
+
+
+def _all_dropped(lines: Sequence[str | None]) -> bool:
+    return bool(lines) and all(x is None for x in lines)
+
+
 def _bare_title(title: str) -> str:
     """A title without a trailing year or article suffix, lower-cased; empty for titles too short to check."""
     bare = re.sub(r"\s*\(\d{4}\)\s*$", "", title).strip()

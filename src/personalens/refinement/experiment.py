@@ -93,6 +93,7 @@ class DynamicConfig:
     max_words: int = 320
     repetition_penalty: float | None = None  # for every persona request (None: the backend's default, none)
     revised_only: bool = True  # keep only the profile under an answer's "revised profile" heading
+    drop_naming: bool = True  # drop the sentences of an answer that name an item the prompt showed
     predictor: str = "probability"
     references: tuple[str, ...] = REFERENCES
     seed: int = 0
@@ -128,6 +129,7 @@ def parse_dynamic_config(raw: dict[str, Any], *, source: str = "<config>", base:
         "max_words",
         "repetition_penalty",
         "revised_only",
+        "drop_naming",
         "predictor",
         "references",
     }
@@ -159,8 +161,9 @@ def parse_dynamic_config(raw: dict[str, Any], *, source: str = "<config>", base:
         raise ConfigError(f"{source}: [refine] predictor must be probability or structured")
     if config.rounds < 1 or config.users_per_domain < 1:
         raise ConfigError(f"{source}: [data] rounds and users_per_domain must be >= 1")
-    if not isinstance(config.revised_only, bool):
-        raise ConfigError(f"{source}: [refine] revised_only must be true or false")
+    for flag in ("revised_only", "drop_naming"):
+        if not isinstance(getattr(config, flag), bool):
+            raise ConfigError(f"{source}: [refine] {flag} must be true or false")
     if config.repetition_penalty is not None and not config.repetition_penalty >= 1:
         raise ConfigError(f"{source}: [refine] repetition_penalty must be >= 1 (1: none)")
     return config
@@ -254,6 +257,7 @@ class DynamicExperiment:
                         max_words=self.config.max_words,
                         repetition_penalty=self.config.repetition_penalty,
                         revised_only=self.config.revised_only,
+                        drop_naming=self.config.drop_naming,
                     )
                     refiner = DynamicRefiner(writer, self.predictor, method)
                     t0 = time.perf_counter()
@@ -284,6 +288,7 @@ class DynamicExperiment:
                 max_words=self.config.max_words,
                 repetition_penalty=self.config.repetition_penalty,
                 revised_only=self.config.revised_only,
+                drop_naming=self.config.drop_naming,
             )
             out[method.label] = DynamicRefiner(writer, self.predictor, method).describe()
         return out

@@ -200,6 +200,8 @@ class DynamicRefiner:
             config["repetition_penalty"] = self.writer.repetition_penalty
         if self.writer.revised_only:
             config["revised_only"] = True
+        if self.writer.drop_naming:
+            config["drop_naming"] = True
         if self.config.strategy in UPDATES_OLD_PERSONA and self.writer.reask_unchanged:
             config["reask_sampling"] = self.writer.config()["reask_sampling"]
         return config
@@ -263,6 +265,7 @@ class DynamicRefiner:
                     "unchanged": update.unchanged,
                     "repetitive_extensions": update.repetitive_extensions,
                     "cut_to_revision": update.cut_to_revision,
+                    "dropped_sentences": update.dropped_sentences,
                 }
             else:
                 candidates = []

@@ -18,6 +18,7 @@ from personalens.llm.base import ChatModel, ChatRequest, Message, Usage, user
 from personalens.profiling.summarize import (
     bound_words,
     clean_persona_text,
+    drop_naming_sentences,
     find_leaked_titles,
     repeated_trigram_share,
     revised_section,
@@ -51,7 +52,8 @@ class WrittenPersona:
     after the bounded re-ask, ``leaked`` the item texts it names (it should name none), ``unchanged`` when an update
     gave back the persona it was asked to update, word for word, after the bounded re-ask;
     ``repetitive_extensions`` counts continuations of a short answer that were refused for restating it;
-    ``cut_to_revision`` counts answers of which only the part under a "revised profile" heading was kept."""
+    ``cut_to_revision`` counts answers of which only the part under a "revised profile" heading was kept;
+    ``dropped_sentences`` the sentences removed because they named an item."""
 
     text: str
     usage: Usage = field(default_factory=Usage)
@@ -61,6 +63,7 @@ class WrittenPersona:
     unchanged: bool = False
     repetitive_extensions: int = 0  # continuations refused because they restated the profile
     cut_to_revision: int = 0  # answers cut to the profile under their "revised profile" heading
+    dropped_sentences: int = 0  # sentences dropped because they named an item
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +100,9 @@ class PersonaWriter:
     With ``revised_only`` (the default) an answer that works through the old profile and the errors before giving the
     rewritten profile under a heading keeps only the rewritten profile
     (:func:`~personalens.profiling.summarize.revised_section`); what came before restates the old profile or quotes
-    items with their ratings."""
+    items with their ratings. With ``drop_naming`` (the default) a sentence that names an item the prompt showed is
+    dropped before the answer is judged (a profile must not name items; one that does also hands the rating
+    predictor those items' answers); without it such names are only reported (``leaked``)."""
 
     def __init__(
         self,
@@ -115,6 +120,7 @@ class PersonaWriter:
         extend_max_repeated: float = 0.4,
         repetition_penalty: float | None = None,
         revised_only: bool = True,
+        drop_naming: bool = True,
     ) -> None:
         if not 0 < min_words <= max_words:
             raise ValueError("need 0 < min_words <= max_words")
@@ -141,6 +147,7 @@ class PersonaWriter:
         self.extend_max_repeated = extend_max_repeated
         self.repetition_penalty = repetition_penalty
         self.revised_only = revised_only
+        self.drop_naming = drop_naming
 
     def config(self) -> dict[str, object]:
         """The settings that shape what this writer stores (part of a run's configuration digest)."""
@@ -156,6 +163,7 @@ class PersonaWriter:
             # only when set, so the settings recorded before it existed still match
             **({} if self.repetition_penalty is None else {"repetition_penalty": self.repetition_penalty}),
             **({"revised_only": True} if self.revised_only else {}),
+            **({"drop_naming": True} if self.drop_naming else {}),
         }
 
     def extend_config(self) -> dict[str, float] | None:
@@ -188,6 +196,8 @@ class PersonaWriter:
         extending = ""  # the short profile the pending request continues
         refused = 0  # continuations refused for restating the profile
         cut = 0  # answers cut to their revised section
+        dropped = 0  # sentences dropped for naming an item
+        titles = [x.text for x in items]
         old = bound_words(replaces, self.max_words)[0] if replaces is not None and self.reask_unchanged else None
         for _ in range(self.max_attempts):
             request = ChatRequest.of(
@@ -208,6 +218,9 @@ class PersonaWriter:
             if self.revised_only and not extending:  # a continuation is only the added part
                 raw, was_cut = revised_section(raw)
                 cut += was_cut
+            if self.drop_naming:
+                raw, n = drop_naming_sentences(raw, titles)
+                dropped += n
             answer = clean_persona_text(raw)
             text, _ = bound_words(f"{extending} {answer}" if extending else answer, self.max_words)
             if extending:
@@ -253,10 +266,11 @@ class PersonaWriter:
             usage,
             attempts=len(raws),
             short=len(text.split()) < self.min_words,
-            leaked=find_leaked_titles(text, [x.text for x in items]),
+            leaked=find_leaked_titles(text, titles),
             unchanged=old is not None and best == old,
             repetitive_extensions=refused,
             cut_to_revision=cut,
+            dropped_sentences=dropped,
         )
 
     def initial(self, window: Sequence[RatedItem]) -> WrittenPersona:
@@ -317,6 +331,7 @@ class PersonaWriter:
             merged.attempts += short.attempts
             merged.repetitive_extensions += short.repetitive_extensions
             merged.cut_to_revision += short.cut_to_revision
+            merged.dropped_sentences += short.dropped_sentences
             return merged
         else:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")

@@ -261,6 +261,7 @@ class TrainPipeline:
             reask_unchanged=False,
             short_answers="rewrite",
             revised_only=s.revised_only,
+            drop_naming=s.drop_naming,
         )
 
     # ------------------------------------------------------------------------------------------------ stages

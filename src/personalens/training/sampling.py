@@ -35,7 +35,7 @@ from personalens.training.contexts import RefineContext
 SAMPLES_FILE = "samples.jsonl"
 SAMPLE_SLOTS = 1000  # sample slots per seed: seed s draws slots s*1000+1, s*1000+2, ...
 # Settings added after runs were sampled, with the value those runs used (a stamp without them is not a change).
-LEGACY_SETTINGS: dict[str, Any] = {"redraw_duplicates": 0, "revised_only": False}
+LEGACY_SETTINGS: dict[str, Any] = {"redraw_duplicates": 0, "revised_only": False, "drop_naming": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +53,14 @@ class SamplingConfig:
     redraw_duplicates: int = 2  # extra draws allowed per candidate that repeats an earlier one of its context
     # keep only the profile under an answer's "revised profile" heading (PersonaWriter's revised_only)
     revised_only: bool = True
+    # drop an answer's sentences that name an item the prompt showed (PersonaWriter's drop_naming)
+    drop_naming: bool = True
 
     def __post_init__(self) -> None:
         if self.candidates < 1:
             raise ValueError("candidates must be >= 1")
-        if not isinstance(self.revised_only, bool):
-            raise ValueError("revised_only must be true or false")
+        if not isinstance(self.revised_only, bool) or not isinstance(self.drop_naming, bool):
+            raise ValueError("revised_only and drop_naming must be true or false")
         if self.redraw_duplicates < 0:
             raise ValueError("redraw_duplicates must be >= 0")
         if self.candidates * (1 + self.redraw_duplicates) >= SAMPLE_SLOTS:
