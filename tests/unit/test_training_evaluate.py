@@ -143,3 +143,29 @@ def test_rows_of_other_writer_settings_are_moved_aside_and_redone_from_a_new_s0(
     )
     assert again == rows and len(writer2.calls) == 1
     assert len((tmp_path / "one_step.stale.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_second_comparison_can_start_from_the_s0_of_the_first(tmp_path):
+    first = compare_refiners(
+        [_user("a")],
+        {"base": _says(3, "base")},
+        tmp_path / "first",
+        initial_writer=_says(2, "writer"),
+        predictor=LevelPredictor(),
+        min_words=10,
+        max_words=80,
+    )
+    writer = _says(5, "another writer")
+    second = compare_refiners(
+        [_user("a"), _user("b")],
+        {"base": _says(3, "base")},
+        tmp_path / "second",
+        initial_writer=writer,
+        predictor=LevelPredictor(),
+        min_words=10,
+        max_words=80,
+        initial={r["user"]: r["initial"] for r in first},
+    )
+    by_user = {r["user"]: r for r in second}
+    assert by_user["a"]["initial"] == first[0]["initial"] and by_user["a"]["before"]["future"] == 2.0
+    assert len(writer.calls) == 1 and "level 5" in by_user["b"]["initial"]  # only the user without a given S0

@@ -57,9 +57,14 @@ def compare_refiners(
     min_words: int = 200,
     max_words: int = 320,
     writer_for: WriterFor | None = None,
+    initial: Mapping[str, str] | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every refiner once on every user (S0 written by ``initial_writer``), append rows, return all rows.
+
+    ``initial`` gives S0 per user id instead (e.g. the S0 of another comparison's rows, so a second comparison of the
+    same refiners under other writer settings starts from the very same personas); S0 already in ``out_dir``'s rows
+    comes first.
 
     ``writer_for(model, user)`` gives the writer of S0 and of each refinement; by default a :class:`PersonaWriter`
     with ``min_words``/``max_words`` and its default re-asks. A training run passes the writer its candidates were
@@ -80,7 +85,7 @@ def compare_refiners(
         if len(rows) < before:
             emit("stale", {"rows": before - len(rows), "file": str(path.with_name(STALE_FILE))})
     done = {(r["user"], r["refiner"]) for r in rows}
-    initial = {r["user"]: r["initial"] for r in rows if r.get("initial")}
+    initial = {**(initial or {}), **{r["user"]: r["initial"] for r in rows if r.get("initial")}}
     with path.open("a", encoding="utf-8") as sink:
         for user in users:
             if all((user.user_id, name) in done for name in refiners):
@@ -121,6 +126,7 @@ def compare_refiners(
                     "initial": s0,
                     "persona": record.persona,
                     "writer": settings,
+                    "flags": record.flags,
                     "usage": record.usage.to_dict(),
                 }
                 sink.write(json.dumps(row, ensure_ascii=False) + "\n")
