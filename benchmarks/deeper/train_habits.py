@@ -1,8 +1,11 @@
 """Writing habits in a training run's folder (benchmarks/deeper/README.md, refiner training): how many personas or
 answers begin with a Markdown heading, restate the old profile before revising it, their median length and
-self-repeated word trigrams; exact duplicate candidates and seconds per sampled context.
+self-repeated word trigrams; exact duplicate candidates and seconds per sampled context. With ``--config`` (the run's
+training TOML) also the preference pairs that each iteration's thresholds give on the candidates sampled so far, and
+on iteration 1's candidates cut to iteration 2's number per context (what the smaller M alone costs in pairs).
 
-    .venv/bin/python benchmarks/deeper/train_habits.py benchmarks/deeper/results/train-small
+    .venv/bin/python benchmarks/deeper/train_habits.py benchmarks/deeper/results/train-small \
+        --config benchmarks/deeper/train-small.toml
 
 Reads ``iter*/contexts.jsonl`` (the personas a context starts from), ``iter*/pairs.jsonl`` (chosen and rejected
 answers) and ``iter*/samples.jsonl`` (candidates); nothing runs on a model.
@@ -14,10 +17,14 @@ import argparse
 import json
 import statistics
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from personalens.profiling.summarize import repeated_trigram_share
+from personalens.training.pairs import PairConfig, build_pairs
+from personalens.training.pipeline import load_train_config
+from personalens.training.sampling import read_samples
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -49,7 +56,9 @@ def _habits(name: str, texts: Iterable[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the folder given to `personalens train --out`")
-    run = parser.parse_args().run
+    parser.add_argument("--config", type=Path, help="the run's training TOML: also count the pairs so far")
+    args = parser.parse_args()
+    run = args.run
     for folder in sorted(run.glob("iter*")):
         if (folder / "contexts.jsonl").is_file():
             _habits(f"{folder.name} context personas", (r["persona"] for r in _rows(folder / "contexts.jsonl")))
@@ -66,6 +75,29 @@ def main() -> None:
                 f"{folder.name} samples: {len(samples)} contexts, {candidates} candidates, {twins} exact duplicates, "
                 f"{statistics.fmean(seconds):.0f} s per context on average"
             )
+    if args.config is not None:
+        _pairs_so_far(run, args.config)
+
+
+def _pairs_so_far(run: Path, config_path: Path) -> None:
+    config = load_train_config(config_path)
+    m2 = config.candidates_iteration2 or config.sampling.candidates
+    margins = {"iter1": config.pairs.margin, "iter2": config.margin_iteration2}
+    for name, margin in margins.items():
+        if not (run / name / "samples.jsonl").is_file():
+            continue
+        samples = read_samples(run / name)
+        thresholds = PairConfig(**{**asdict(config.pairs), "margin": margin})
+        pairs = build_pairs(samples, thresholds, iteration=int(name[-1]))
+        with_pairs = len({p.context_id for p in pairs})
+        print(
+            f"{name} pairs so far (δ {margin:g}): {len(pairs)} from {len(samples)} contexts ({with_pairs} with a pair)"
+        )
+        if name == "iter1":
+            first = {k: v[:m2] for k, v in samples.items()}
+            for delta in sorted({config.pairs.margin, config.margin_iteration2}):
+                cut = build_pairs(first, PairConfig(**{**asdict(config.pairs), "margin": delta}), iteration=1)
+                print(f"iter1 pairs from each context's first {m2} candidates only (δ {delta:g}): {len(cut)}")
 
 
 if __name__ == "__main__":
