@@ -370,3 +370,20 @@ def test_the_writer_drops_sentences_that_name_an_item_before_judging_the_answer(
     model = ScriptedChatModel([f"{short}. Gamma Road was their favourite by far this time.", more])
     written = _writer(model).update("refine", "Old profile text.", [W0, W1])
     assert written.dropped_sentences == 1 and written.attempts == 2 and "Gamma Road" not in written.text
+
+
+def test_a_one_word_title_names_an_item_only_as_the_title_writes_it():
+    from personalens.profiling.summarize import drop_naming_sentences, find_leaked_titles
+
+    assert find_leaked_titles("They avoid films that turn up the heat.", ["Heat (1995)"]) == ()
+    assert find_leaked_titles("They rated Heat highly.", ["Heat (1995)"]) == ("Heat (1995)",)
+    assert find_leaked_titles("they loved gazpacho.", ["gazpacho"]) == ("gazpacho",)  # recipe names in lower case
+    text = "They avoid films that turn up the heat. Heat was a favourite."
+    assert drop_naming_sentences(text, ["Heat (1995)"]) == ("They avoid films that turn up the heat.", 1)
+
+
+def test_an_explanation_after_the_revised_profile_is_left_out():
+    from personalens.profiling.summarize import revised_section
+
+    answer = f"Analysis.\n\n### Revised Profile\n{PROFILE}\n\n### Why This Profile Holds True:\n1. It fits the errors."
+    assert revised_section(answer) == (PROFILE, True)

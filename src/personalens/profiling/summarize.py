@@ -63,14 +63,14 @@ def _trigrams(text: str) -> list[tuple[str, str, str]]:
 # updated, corrected ... profile or persona. What follows it on the same line (after a colon) is part of the profile.
 _REVISION_MARK = re.compile(
     r"^\s*(?:#{1,6}\s*)?(?:\*\*\s*)?(?:(?:the|your|my|a|an|here\s+is\s+the)\s+)?"
-    r"(?:revised|updated|corrected|refined|improved|rewritten|new|final)\b(?P<words>[^\n:*]{0,40}?)"
+    r"(?:revised|updated|corrected|refined|improved|rewritten|new|final)\b[^\n:*]{0,40}?"
     r"\b(?:profile|persona)\b[^\n:*]{0,50}?(?:\*\*)?\s*:?\s*(?:\*\*)?\s*:?(?P<rest>.*)$",
     re.IGNORECASE,
 )
 # Sections a model appends after the profile to explain it
 _AFTERWORD = re.compile(
     r"^\s*(?:#{1,6}\s*|\*\*\s*)(?:explanation|changes|summary of changes|rationale|justification|notes?|"
-    r"what changed|key changes)\b",
+    r"what changed|key changes|why (?:this|the)\b)",
     re.IGNORECASE,
 )
 _RULE = re.compile(r"^\s*(?:-{3,}|\*{3,}|_{3,})\s*$")
@@ -91,9 +91,10 @@ def revised_section(text: str) -> tuple[str, bool]:
     """The profile part of an answer that first works through the old profile and the errors and then gives the
     rewritten profile under a heading ("### Revised Profile", "**Updated persona:**", ...), and whether it was cut.
 
-    The 1.5B model answers a refinement this way in some answers (greedy: 10 of 365 cached Refine answers, sampled at
-    T 1, top-p 0.4: 62 of 306; the iteration-1 adapter: 81 of 91), and what precedes the heading restates the old
-    profile or quotes items with their predicted and actual ratings, which a profile must not hold. The text after
+    The 1.5B model answers a refinement this way in some answers (first answers to the Refine prompt in the response
+    cache, benchmarks/deeper/persona_answers.py: greedy 10 of 67, sampled at T 1, top-p 0.4 78 of 306, the
+    iteration-1 adapter greedy 81 of 91), and what precedes the heading restates the old profile or quotes items
+    with their predicted and actual ratings, which a profile must not hold. The text after
     the last such heading is kept, without its leading titles, rules and lead-in lines ("Here is the corrected
     profile:"), without an explanation section after it and without lines that quote a predicted and an actual
     rating. An answer with no such heading, or with fewer than
@@ -177,14 +178,10 @@ def summarize_history(
 
 
 def find_leaked_titles(text: str, titles: Sequence[str]) -> tuple[str, ...]:
-    """The titles (without their year) that ``text`` names; a persona should describe tastes, not list items."""
-    lowered = text.lower()
-    found = []
-    for title in dict.fromkeys(titles):
-        bare = _bare_title(title)
-        if bare and re.search(r"(?<!\w)" + re.escape(bare) + r"(?!\w)", lowered):
-            found.append(title)
-    return tuple(found)
+    """The titles (without their year) that ``text`` names; a persona should describe tastes, not list items. A title
+    of one word counts only as written in the title ("Heat", not "heat"): in lower case it is usually just the
+    word."""
+    return tuple(title for title, pattern in _title_patterns(titles) if pattern.search(text))
 
 
 def drop_naming_sentences(text: str, titles: Sequence[str]) -> tuple[str, int]:
@@ -192,15 +189,14 @@ def drop_naming_sentences(text: str, titles: Sequence[str]) -> tuple[str, int]:
     many were dropped. Lines are kept apart (a list item is its own sentence), so a raw answer loses the item of a
     list that names a title, not the whole list. A persona should describe tastes; a sentence that names a rated item
     also hands the rating predictor that item's answer."""
-    bare = [b for b in (_bare_title(t) for t in dict.fromkeys(titles)) if b]
-    if not bare:
+    patterns = [pattern for _, pattern in _title_patterns(titles)]
+    if not patterns:
         return text, 0
-    pattern = re.compile("|".join(r"(?<!\w)" + re.escape(b) + r"(?!\w)" for b in bare))
     dropped = 0
     kept: list[str | None] = []  # per line: what is left of it, None when every sentence of it was dropped
     for line in text.splitlines():
         sentences = _SENTENCE_END.split(line.strip()) if line.strip() else []
-        left = [x for x in sentences if not pattern.search(x.lower())]
+        left = [x for x in sentences if not any(p.search(x) for p in patterns)]
         dropped += len(sentences) - len(left)
         kept.append(None if sentences and not left else line[: len(line) - len(line.lstrip())] + " ".join(left))
     for i, rest in enumerate(kept):
@@ -226,8 +222,28 @@ def _all_dropped(lines: Sequence[str | None]) -> bool:
     return bool(lines) and all(x is None for x in lines)
 
 
+def _title_patterns(titles: Sequence[str]) -> list[tuple[str, re.Pattern[str]]]:
+    """(title, pattern finding it in a text) for each distinct title long enough to check (see :func:`_bare_title`)."""
+    out = []
+    for title in dict.fromkeys(titles):
+        bare = _bare_title(title)
+        if not bare:
+            continue
+        if len(bare.split()) == 1:  # as written in the title, e.g. "Heat"
+            shown = _bare_title_as_written(title)
+            out.append((title, re.compile(r"(?<!\w)" + re.escape(shown) + r"(?!\w)")))
+        else:
+            out.append((title, re.compile(r"(?<!\w)" + re.escape(bare) + r"(?!\w)", re.IGNORECASE)))
+    return out
+
+
+def _bare_title_as_written(title: str) -> str:
+    """:func:`_bare_title` without the lower-casing."""
+    bare = re.sub(r"\s*\(\d{4}\)\s*$", "", title).strip()
+    return re.sub(r",\s*(The|A|An)$", "", bare).strip()
+
+
 def _bare_title(title: str) -> str:
     """A title without a trailing year or article suffix, lower-cased; empty for titles too short to check."""
-    bare = re.sub(r"\s*\(\d{4}\)\s*$", "", title).strip()
-    bare = re.sub(r",\s*(The|A|An)$", "", bare).strip().lower()
+    bare = _bare_title_as_written(title).lower()
     return bare if len(bare) >= 4 else ""
