@@ -1091,7 +1091,7 @@ def train(
 
         def on_event(kind: str, payload: dict[str, Any]) -> None:
             if kind == "stage":
-                progress.update(bar, description=payload["stage"], completed=0, total=None)
+                progress.update(bar, description=payload["stage"], completed=0, total=payload.get("total"))
             elif kind == "train_log" and "step" in payload:
                 progress.update(bar, completed=payload["step"], description=f"DPO step {payload['step']}")
             elif kind in ("context", "failed", "row"):

@@ -380,3 +380,13 @@ def test_the_comparison_writes_as_the_training_candidates_were_written(tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "out" / "eval" / "one_step.jsonl").read_text().splitlines()]
     assert rows and all(r["writer"]["short_answers"] == "rewrite" for r in rows)
     assert all(r["writer"]["reask_unchanged"] is False for r in rows)
+
+
+def test_stages_that_walk_contexts_announce_how_many_for_the_progress_bar(tmp_path):
+    events = []
+    pipeline = _pipeline(tmp_path, FakeTrainer(), {})
+    pipeline.emit = lambda kind, payload: events.append((kind, payload))
+    pipeline.run(until="sampling")
+    stages = {p["stage"]: p.get("total") for kind, p in events if kind == "stage"}
+    walked = sum(kind == "context" for kind, p in events)
+    assert stages["contexts:iter1"] == stages["sampling:iter1"] and walked == 2 * stages["sampling:iter1"] > 0

@@ -266,10 +266,11 @@ class TrainPipeline:
 
     # ------------------------------------------------------------------------------------------------ stages
 
-    def _stage(self, name: str) -> StageReport:
+    def _stage(self, name: str, total: int | None = None) -> StageReport:
+        """Start a stage; ``total`` is how many "context" events it will emit (for a progress bar), when known."""
         report = StageReport(name)
         self.reports.append(report)
-        self.emit("stage", {"stage": name})
+        self.emit("stage", {"stage": name, **({} if total is None else {"total": total})})
         return report
 
     def _pairs(self, folder: Path, pairs: Sequence[PreferencePair], contexts: Mapping[str, RefineContext]) -> Path:
@@ -337,9 +338,9 @@ class TrainPipeline:
         base = self.model_for(None)
         it1 = self.out / "iter1"
 
-        report = self._stage("contexts:iter1")
-        t0 = time.perf_counter()
         users = self.train_users()
+        report = self._stage("contexts:iter1", total=len(users))
+        t0 = time.perf_counter()
         built = build_contexts(
             users, it1, predictor=self.predictor, writer_for=lambda u: self._writer(base, u), on_event=self.emit
         )
@@ -351,7 +352,7 @@ class TrainPipeline:
         if stop == 0:
             return
 
-        report = self._stage("sampling:iter1")
+        report = self._stage("sampling:iter1", total=len(contexts1))
         sampled = run_sampling(
             list(contexts1.values()),
             it1,
@@ -463,7 +464,7 @@ class TrainPipeline:
         report.details = {"contexts": len(built.contexts), "failures": built.failures}
         contexts = {**contexts1, **{c.context_id: c for c in built.contexts}}
 
-        report = self._stage("sampling:iter2")
+        report = self._stage("sampling:iter2", total=len(contexts))
         m2 = cfg.candidates_iteration2 or cfg.sampling.candidates
         config2 = SamplingConfig(**{**asdict(cfg.sampling), "seed": cfg.sampling.seed + 1, "candidates": m2})
         sampled = run_sampling(
