@@ -72,21 +72,9 @@ def main() -> None:
         exporter=_unused,
     )
     first, _ = read_jsonl_rows(args.run / "eval" / ONE_STEP_FILE)
-    s = config.sampling
 
     def writer_for(model: ChatModel, user: UserWindows) -> PersonaWriter:
-        # the training run's writer (TrainPipeline._writer) with both clean-ups on
-        return PersonaWriter(
-            model,
-            domain=user.domain,
-            scale=user.scale,
-            min_words=s.min_words,
-            max_words=s.max_words,
-            reask_unchanged=False,
-            short_answers="rewrite",
-            revised_only=True,
-            drop_naming=True,
-        )
+        return pipeline.writer(model, user, revised_only=True, drop_naming=True)
 
     def on_event(kind: str, payload: dict[str, Any]) -> None:
         print(kind, payload, file=sys.stderr, flush=True)

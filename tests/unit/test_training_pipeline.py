@@ -285,7 +285,7 @@ def test_training_candidates_are_single_replies_of_the_policy(tmp_path):
     model = ScriptedChatModel([short + " Likes toys.", short + " Likes toys a lot, truly, and often."])
     pipeline = _pipeline(tmp_path, FakeTrainer(), {})
     user = pipeline.train_users()[0]
-    writer = pipeline._writer(model, user)
+    writer = pipeline.writer(model, user)
     out = writer.write([user_message("Describe the person.")], [], temperature=1.0)
     assert out.text == short + " Likes toys a lot, truly, and often." and out.attempts == 2
     assert "Write the complete profile again" in model.calls[1].messages[-1].content
@@ -340,7 +340,7 @@ def test_a_run_sampled_before_redraws_and_cuts_resumes_only_with_the_old_rules(t
     old_rules = "redraw_duplicates = 0\nrevised_only = false\ndrop_naming = false\n"
     legacy = CONFIG.replace("max_words = 80\n", "max_words = 80\n" + old_rules, 1)
     pipeline = _pipeline(tmp_path, trainer, {}, legacy)
-    old_writer = pipeline._writer(ScriptedChatModel([]), _context_like())
+    old_writer = pipeline.writer(ScriptedChatModel([]), _context_like())
     assert old_writer.revised_only is False and old_writer.drop_naming is False
     pipeline.run(until="sampling")
     stamp = tmp_path / "out" / "config.json"
@@ -354,7 +354,7 @@ def test_a_run_sampled_before_redraws_and_cuts_resumes_only_with_the_old_rules(t
     with pytest.raises(ConfigError, match="sampling"):
         _pipeline(tmp_path, trainer, {}).run(until="sampling")  # the defaults would mix two sampling rules
     (tmp_path / "fresh").mkdir()
-    new_writer = _pipeline(tmp_path / "fresh", trainer, {})._writer(ScriptedChatModel([]), _context_like())
+    new_writer = _pipeline(tmp_path / "fresh", trainer, {}).writer(ScriptedChatModel([]), _context_like())
     assert new_writer.revised_only and new_writer.drop_naming
 
 

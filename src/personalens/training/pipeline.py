@@ -248,21 +248,23 @@ class TrainPipeline:
             out += _seeded_first(users, self.config.heldout_users_per_domain, self.config.seed, 3)
         return out
 
-    def _writer(self, model: ChatModel, user: UserWindows | RefineContext) -> PersonaWriter:
+    def writer(self, model: ChatModel, user: UserWindows | RefineContext, **changes: Any) -> PersonaWriter:
+        """The writer of this run's S0, candidates and held-out refinements for ``model`` and ``user``; ``changes``
+        replace its settings (e.g. ``revised_only=True`` to compare the refiners with the answer clean-ups on)."""
         s = self.config.sampling
         # candidates are the policy's own single answers: no copy re-ask (a copy of the old persona earns reward 0)
         # and a short answer is asked for again in full, never stitched from two replies
-        return PersonaWriter(
-            model,
-            domain=user.domain,
-            scale=user.scale,
-            min_words=s.min_words,
-            max_words=s.max_words,
-            reask_unchanged=False,
-            short_answers="rewrite",
-            revised_only=s.revised_only,
-            drop_naming=s.drop_naming,
-        )
+        settings: dict[str, Any] = {
+            "domain": user.domain,
+            "scale": user.scale,
+            "min_words": s.min_words,
+            "max_words": s.max_words,
+            "reask_unchanged": False,
+            "short_answers": "rewrite",
+            "revised_only": s.revised_only,
+            "drop_naming": s.drop_naming,
+        }
+        return PersonaWriter(model, **{**settings, **changes})
 
     # ------------------------------------------------------------------------------------------------ stages
 
@@ -342,7 +344,7 @@ class TrainPipeline:
         report = self._stage("contexts:iter1", total=len(users))
         t0 = time.perf_counter()
         built = build_contexts(
-            users, it1, predictor=self.predictor, writer_for=lambda u: self._writer(base, u), on_event=self.emit
+            users, it1, predictor=self.predictor, writer_for=lambda u: self.writer(base, u), on_event=self.emit
         )
         report.seconds, report.usage = time.perf_counter() - t0, built.usage
         report.details = {"users": len(users), "contexts": len(built.contexts), "failures": built.failures}
@@ -356,7 +358,7 @@ class TrainPipeline:
         sampled = run_sampling(
             list(contexts1.values()),
             it1,
-            writer_for=lambda c: self._writer(base, c),
+            writer_for=lambda c: self.writer(base, c),
             predictor=self.predictor,
             config=cfg.sampling,
             on_event=self.emit,
@@ -416,7 +418,7 @@ class TrainPipeline:
             max_words=s.max_words,
             # S0 and the refinements are written as the training candidates were (single replies, no copy re-ask),
             # so the comparison judges the refiner models, not the writer's follow-ups
-            writer_for=self._writer,
+            writer_for=self.writer,
             on_event=self.emit,
         )
         rows = [r for r in rows if r["refiner"] in refiners]
@@ -447,7 +449,7 @@ class TrainPipeline:
             if ctx is None or user.user_id in done:
                 continue
             s = cfg.sampling
-            written = self._writer(trained, ctx).write(
+            written = self.writer(trained, ctx).write(
                 ctx.messages(min_words=s.min_words, max_words=s.max_words), ctx.current, temperature=0.0
             )
             usage = usage + written.usage
@@ -470,7 +472,7 @@ class TrainPipeline:
         sampled = run_sampling(
             list(contexts.values()),
             it2,
-            writer_for=lambda c: self._writer(trained, c),
+            writer_for=lambda c: self.writer(trained, c),
             predictor=self.predictor,
             config=config2,
             on_event=self.emit,
