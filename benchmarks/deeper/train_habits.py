@@ -8,7 +8,8 @@ on iteration 1's candidates cut to iteration 2's number per context (what the sm
         --config benchmarks/deeper/train-small.toml
 
 Reads ``iter*/contexts.jsonl`` (the personas a context starts from), ``iter*/pairs.jsonl`` (chosen and rejected
-answers) and ``iter*/samples.jsonl`` (candidates); nothing runs on a model.
+answers), ``iter*/samples.jsonl`` (candidates) and ``eval/one_step.jsonl`` (the held-out refinements, stored as the
+run's writer stored them); nothing runs on a model.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ def main() -> None:
                 f"{folder.name} samples: {len(samples)} contexts, {candidates} candidates, {twins} exact duplicates, "
                 f"{statistics.fmean(seconds):.0f} s per context on average"
             )
+    one_step = run / "eval" / "one_step.jsonl"
+    if one_step.is_file():
+        rows = _rows(one_step)
+        for refiner in dict.fromkeys(r["refiner"] for r in rows):
+            _habits(f"held-out refinements by {refiner}", (r["persona"] for r in rows if r["refiner"] == refiner))
     if args.config is not None:
         _pairs_so_far(run, args.config)
 
