@@ -37,8 +37,13 @@ def _answer(value: str | list[dict[str, str]]) -> str:
     return value if isinstance(value, str) else value[-1]["content"]
 
 
+def _names_old_profile(text: str) -> bool:
+    return "Current Profile" in text or "Original Profile" in text
+
+
 def _restates(text: str) -> bool:
-    return ("Current Profile" in text or "Original Profile" in text) and "Revised" in text
+    """Restates the old profile under its own heading and then revises it."""
+    return _names_old_profile(text) and "Revised" in text
 
 
 def _habits(name: str, texts: Iterable[str]) -> None:
@@ -46,9 +51,11 @@ def _habits(name: str, texts: Iterable[str]) -> None:
     if not found:
         return
     words = [len(t.split()) for t in found]
+    headings = sum(t.lstrip().startswith("#") for t in found)
     print(
-        f"{name}: {len(found)} texts, heading first {sum(t.lstrip().startswith('#') for t in found)}, restate the "
-        f"profile {sum(map(_restates, found))}, median words {statistics.median(words):g}, under 200 words "
+        f"{name}: {len(found)} texts, heading first {headings}, a current/original "
+        f"profile heading {sum(map(_names_old_profile, found))}, restate the profile and revise it "
+        f"{sum(map(_restates, found))}, median words {statistics.median(words):g}, under 200 words "
         f"{sum(w < 200 for w in words)}, median self-repeated trigrams "
         f"{statistics.median(repeated_trigram_share(t) for t in found):.2f}"
     )
