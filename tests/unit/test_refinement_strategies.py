@@ -276,21 +276,21 @@ Here is the corrected profile:
 
 
 @pytest.mark.parametrize(
-    "answer",
+    ("answer", "cut"),
     [
-        ANALYSED,
-        f"Some analysis of the errors first.\n\nRewritten profile:\n{PROFILE}\n",
-        f"Analysis of what went wrong.\n\n**Updated persona:** {PROFILE}\n",
-        f"## Revised Profile:\n**Current Profile of a Person's Taste in Movies:**\n{PROFILE}\n",
-        f"Analysis.\n\n### Final Profile\n\n{PROFILE}\n\n### Explanation of Changes\nThe profile now covers dramas.\n",
-        f"### New Profile\n{PROFILE}\n- Gamma Road: predicted 2.5, actual 4\n",
+        (ANALYSED, True),
+        (f"Some analysis of the errors first.\n\nRewritten profile:\n{PROFILE}\n", True),
+        (f"Analysis of what went wrong.\n\n**Updated persona:** {PROFILE}\n", True),
+        (f"## Revised Profile:\n**Current Profile of a Person's Taste in Movies:**\n{PROFILE}\n", False),  # titles
+        (f"Analysis.\n\n### Final Profile\n\n{PROFILE}\n\n### Explanation of Changes\nIt now covers dramas.\n", True),
+        (f"### New Profile\n{PROFILE}\n- Gamma Road: predicted 2.5, actual 4\n", True),
     ],
 )
-def test_the_revised_section_is_the_profile_under_its_heading(answer):
+def test_the_revised_section_is_the_profile_under_its_heading(answer, cut):
     from personalens.profiling.summarize import revised_section
 
-    section, cut = revised_section(answer)
-    assert cut and " ".join(section.split()) == PROFILE
+    section, was_cut = revised_section(answer)
+    assert was_cut is cut and " ".join(section.split()) == PROFILE
 
 
 @pytest.mark.parametrize(
@@ -387,3 +387,11 @@ def test_an_explanation_after_the_revised_profile_is_left_out():
 
     answer = f"Analysis.\n\n### Revised Profile\n{PROFILE}\n\n### Why This Profile Holds True:\n1. It fits the errors."
     assert revised_section(answer) == (PROFILE, True)
+
+
+def test_a_revision_heading_on_top_of_an_answer_that_is_all_profile_is_only_a_title():
+    from personalens.profiling.summarize import revised_section
+
+    assert revised_section(f"### Revised Profile\n\n{PROFILE}\n") == (PROFILE, False)
+    assert revised_section(f"**Updated persona:** {PROFILE}") == (PROFILE, False)
+    assert revised_section(f"Some analysis.\n**Updated persona:** {PROFILE}") == (PROFILE, True)

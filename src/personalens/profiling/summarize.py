@@ -92,13 +92,14 @@ def revised_section(text: str) -> tuple[str, bool]:
     rewritten profile under a heading ("### Revised Profile", "**Updated persona:**", ...), and whether it was cut.
 
     The 1.5B model answers a refinement this way in some answers (first answers to the Refine prompt in the response
-    cache, benchmarks/deeper/persona_answers.py: greedy 10 of 67, sampled at T 1, top-p 0.4 78 of 306, the
+    cache, benchmarks/deeper/persona_answers.py: greedy 7 of 67, sampled at T 1, top-p 0.4 78 of 306, the
     iteration-1 adapter greedy 81 of 91), and what precedes the heading restates the old profile or quotes items
     with their predicted and actual ratings, which a profile must not hold. The text after
     the last such heading is kept, without its leading titles, rules and lead-in lines ("Here is the corrected
     profile:"), without an explanation section after it and without lines that quote a predicted and an actual
     rating. An answer with no such heading, or with fewer than
-    ``MIN_REVISED_WORDS`` words after it, is returned unchanged."""
+    ``MIN_REVISED_WORDS`` words after it, is returned unchanged. The flag says whether content was left out: a
+    revision heading on top of an answer that is all profile is only a title (removed, but nothing was cut)."""
     lines = text.splitlines()
     marks = []
     for i, line in enumerate(lines):
@@ -120,7 +121,13 @@ def revised_section(text: str) -> tuple[str, bool]:
         body = [line for line in body if not _QUOTED_RATINGS.search(line)]
         section = "\n".join(body).strip()
         if len(section.split()) >= MIN_REVISED_WORDS:
-            return section, True
+            # cut: some content (not a title, rule or blank line) is left out; a heading on top of an answer that
+            # is all profile is only a title
+            def content(xs: list[str]) -> int:
+                return sum(bool(x.strip()) and not _is_heading(x) and not _RULE.match(x) for x in xs)
+
+            answered = content([*lines[:start], first, *lines[start + 1 :]])
+            return section, answered > content(body)
     return text, False
 
 
