@@ -64,12 +64,13 @@ def test_every_method_runs_per_sampled_user_and_a_rerun_skips_them(tmp_path):
     config = _config(tmp_path)
     out = tmp_path / "out"
     summary = DynamicExperiment(config, out, model=_model(), predictor=LevelPredictor()).run()
-    assert summary.rows_written == 2 * 4 and not summary.failures  # 3 methods + the no-LLM reference, per user
+    # 3 methods, the no-update control and the no-LLM reference, per user
+    assert summary.rows_written == 2 * 5 and not summary.failures
     rows = read_dynamic_rows(out / "rows.jsonl")
-    assert {r["method"] for r in rows} == {"refine", "inc_update", "verified-refine", "history-mean"}
+    assert {r["method"] for r in rows} == {"refine", "inc_update", "verified-refine", "no-update", "history-mean"}
     assert len({r["user"] for r in rows}) == 2 and all(len(r["rounds"]) == 2 for r in rows)
     again = DynamicExperiment(config, out, model=_model(), predictor=LevelPredictor()).run()
-    assert again.rows_written == 0 and again.rows_skipped == 8
+    assert again.rows_written == 0 and again.rows_skipped == 10
     table = summarise(rows)["movielens_20m"]
     keys = {f"{a}_{w}" for a in ("before", "after") for w in ("previous", "current", "future")}
     for entry in table.values():
@@ -118,7 +119,7 @@ def test_history_mean_reference_is_scored_like_a_strategy_without_any_llm_call(t
     assert "| history-mean" not in text[text.index("### Persona length") :]  # no persona, no length row
     none = _config(tmp_path / "off", "references = []\n")
     assert (
-        DynamicExperiment(none, tmp_path / "out2", model=_model(), predictor=LevelPredictor()).run().rows_written == 6
+        DynamicExperiment(none, tmp_path / "out2", model=_model(), predictor=LevelPredictor()).run().rows_written == 8
     )
 
 
@@ -305,8 +306,9 @@ def test_rows_from_an_older_method_configuration_are_moved_aside_and_redone(tmp_
         r["config"].get("writer", {}).pop("reask_sampling", None)
     rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     again = DynamicExperiment(config, out, model=_model(), predictor=LevelPredictor()).run()
-    # a regeneration never re-asks for a copy, so its rows (and the reference's) still match and stay
-    assert again.rows_stale == 2 and again.rows_written == 2 and again.rows_skipped == 4
+    # a regeneration never re-asks for a copy, nor does the no-update control, so their rows (and the reference's)
+    # still match and stay
+    assert again.rows_stale == 2 and again.rows_written == 2 and again.rows_skipped == 6
     stale = read_dynamic_rows(out / "stale.jsonl")
     assert [r["method"] for r in stale] == ["refine", "refine"]
     now = read_dynamic_rows(rows_path)
@@ -381,3 +383,46 @@ def test_rows_record_the_answer_clean_ups_and_each_can_be_turned_off(tmp_path):
         _config(tmp_path / "bad", 'revised_only = "no"\n')
     with pytest.raises(ConfigError, match="drop_naming"):
         _config(tmp_path / "bad2", "drop_naming = 1\n")
+
+
+def test_the_overall_table_weighs_each_domain_the_same_and_counts_users_lowered():
+    from personalens.refinement.experiment import summarise_overall
+
+    rows = [
+        _row("small scale", "a", "refine", 1.0, [0.8]),  # -20%
+        _row("small scale", "b", "refine", 1.0, [1.2]),  # +20%: the domain's mean is unchanged (0%)
+        _row("small scale", "a", "inc_update", 1.0, [1.1]),
+        _row("small scale", "b", "inc_update", 1.0, [1.1]),  # +10%
+        _row("big scale", "c", "refine", 4.0, [2.0]),  # -50%
+        _row("big scale", "c", "inc_update", 4.0, [4.0]),  # 0%
+    ]
+    overall = summarise_overall(summarise(rows))
+    assert list(overall) == ["refine", "inc_update"]  # lowest mean change first
+    assert overall["refine"]["mean_change_pct"] == pytest.approx((0.0 - 50.0) / 2)
+    assert (overall["refine"]["domains"], overall["refine"]["users"], overall["refine"]["lowered"]) == (2, 3, 2)
+    assert overall["inc_update"]["mean_change_pct"] == pytest.approx(5.0) and overall["inc_update"]["lowered"] == 0
+
+
+def test_the_no_update_control_keeps_s0_and_scores_it_on_every_round(tmp_path):
+    from personalens.refinement.experiment import write_dynamic_report
+
+    config = _config(tmp_path, "references = []\n")
+    # deterministic like a greedy model behind the response cache: the same prompt gets the same answer
+    model = ScriptedChatModel(lambda r: f"Rates at level {1 + len(r.messages[-1].content) % 5}. {FILLER}")
+    DynamicExperiment(config, tmp_path / "out", model=model, predictor=LevelPredictor()).run()
+    rows = read_dynamic_rows(tmp_path / "out" / "rows.jsonl")
+    frozen = [r for r in rows if r["method"] == "no-update"]
+    assert len(frozen) == 2 and all(r["config"]["frozen"] and "strategy" not in r["config"] for r in frozen)
+    for r in frozen:
+        assert all(x["persona"] == r["initial"] and not x["committed"] for x in r["rounds"])
+        assert all(x["mae_before"] == x["mae_after"] for x in r["rounds"])
+        same_s0 = {x["initial"] for x in rows if x["user"] == r["user"]}
+        assert same_s0 == {r["initial"]}  # every method starts from the same S0
+    text = write_dynamic_report(tmp_path / "out")["markdown"].read_text()
+    assert "| no-update |" in text
+    off = _config(tmp_path / "off", "no_update = false\n")
+    assert all(not m.frozen for m in off.methods())
+    from personalens.refinement.loop import RefineConfig
+
+    with pytest.raises(ValueError, match="frozen"):
+        RefineConfig(frozen=True, verified=True)

@@ -53,6 +53,7 @@ from personalens.llm.base import ChatModel, Usage
 from personalens.profiling.summarize import repeated_trigram_share
 from personalens.refinement.loop import (
     HISTORY_MEAN,
+    NO_UPDATE,
     DynamicRefiner,
     Predictor,
     ProbabilityPredictor,
@@ -74,7 +75,16 @@ PLOT_FILES: dict[str, tuple[str, str]] = {
     "table2_plot": (TABLE2_PLOT_FILE, "Persona length in words per round (Table 2 layout)"),
 }
 # Methods in this order (so each keeps its colour and marker in every subplot), any others after them alphabetically.
-METHOD_ORDER = ("refine", "slide_regen", "full_regen", "inc_update", "hier_merge", "verified-refine", HISTORY_MEAN)
+METHOD_ORDER = (
+    "refine",
+    "slide_regen",
+    "full_regen",
+    "inc_update",
+    "hier_merge",
+    "verified-refine",
+    HISTORY_MEAN,
+    NO_UPDATE,
+)
 REFERENCES = (HISTORY_MEAN,)  # rows computed from the ratings alone, no LLM (refinement.loop.history_mean_trace)
 
 
@@ -94,6 +104,7 @@ class DynamicConfig:
     repetition_penalty: float | None = None  # for every persona request (None: the backend's default, none)
     revised_only: bool = True  # keep only the profile under an answer's "revised profile" heading
     drop_naming: bool = True  # drop the sentences of an answer that name an item the prompt showed
+    no_update: bool = True  # also run the control that keeps S0 for every round (RefineConfig(frozen=True))
     predictor: str = "probability"
     references: tuple[str, ...] = REFERENCES
     seed: int = 0
@@ -105,6 +116,8 @@ class DynamicConfig:
             RefineConfig(s, verified=True, candidates=self.candidates, temperature=self.temperature)  # type: ignore[arg-type]
             for s in self.verified
         ]
+        if self.no_update:
+            out.append(RefineConfig(frozen=True))
         return out
 
 
@@ -130,6 +143,7 @@ def parse_dynamic_config(raw: dict[str, Any], *, source: str = "<config>", base:
         "repetition_penalty",
         "revised_only",
         "drop_naming",
+        "no_update",
         "predictor",
         "references",
     }
@@ -161,7 +175,7 @@ def parse_dynamic_config(raw: dict[str, Any], *, source: str = "<config>", base:
         raise ConfigError(f"{source}: [refine] predictor must be probability or structured")
     if config.rounds < 1 or config.users_per_domain < 1:
         raise ConfigError(f"{source}: [data] rounds and users_per_domain must be >= 1")
-    for flag in ("revised_only", "drop_naming"):
+    for flag in ("revised_only", "drop_naming", "no_update"):
         if not isinstance(getattr(config, flag), bool):
             raise ConfigError(f"{source}: [refine] {flag} must be true or false")
     if config.repetition_penalty is not None and not config.repetition_penalty >= 1:
@@ -371,6 +385,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "reference": reference,
             "future_mae_by_round": future,
             "change_pct": 100.0 * (future[-1] - future[0]) / future[0] if future[0] else None,
+            "lowered": sum(r["rounds"][n_rounds - 1]["mae_after"]["future"] < r["initial_error"] for r in rs)
+            if n_rounds
+            else 0,
             "change_se": standard_error(
                 [r["rounds"][n_rounds - 1]["mae_after"]["future"] - r["initial_error"] for r in rs]
             )
@@ -385,6 +402,34 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "tokens_per_user": statistics.fmean(r["usage"]["total_tokens"] for r in rs),
         }
     return out
+
+
+def summarise_overall(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per method over every domain of ``summarise``'s result: the domains and users it covers, the mean of the
+    domains' relative changes of future MAE from S0 to the last round (each domain weighs the same, as the domains'
+    rating scales differ), how many users ended with a lower future MAE than S0's, and, where the domain has the
+    ``no-update`` control, the mean of the domains' relative differences of last-round future MAE against it (what
+    updating bought on the same windows; the change from S0 also carries how hard the later windows are)."""
+    out: dict[str, dict[str, Any]] = {}
+    for methods in summary.values():
+        control = methods.get(NO_UPDATE)
+        for method, m in methods.items():
+            entry = out.setdefault(method, {"domains": 0, "users": 0, "lowered": 0, "changes": [], "vs": []})
+            entry["domains"] += 1
+            entry["users"] += m["users"]
+            entry["lowered"] += m.get("lowered", 0)
+            if m.get("change_pct") is not None:
+                entry["changes"].append(m["change_pct"])
+            if control is not None and len(m["future_mae_by_round"]) == len(control["future_mae_by_round"]):
+                last, frozen = m["future_mae_by_round"][-1], control["future_mae_by_round"][-1]
+                if frozen:
+                    entry["vs"].append(100.0 * (last - frozen) / frozen)
+            entry["reference"] = m.get("reference", False)
+    for entry in out.values():
+        changes, versus = entry.pop("changes"), entry.pop("vs")
+        entry["mean_change_pct"] = statistics.fmean(changes) if changes else None
+        entry["vs_no_update_pct"] = statistics.fmean(versus) if versus else None
+    return dict(sorted(out.items(), key=lambda kv: (kv[1]["mean_change_pct"] is None, kv[1]["mean_change_pct"] or 0)))
 
 
 def _persona_quality(rows: Sequence[Mapping[str, Any]], n_rounds: int) -> dict[str, float | None]:
@@ -440,6 +485,7 @@ __all__ = [
     "render_dynamic_markdown",
     "sample_users",
     "summarise",
+    "summarise_overall",
     "write_dynamic_report",
 ]
 
@@ -463,6 +509,28 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
         "by the update). committed: the share of updates kept (a verified update may keep the old persona); "
         "unchanged: the share of kept updates whose persona is word for word the one it replaced."
     )
+    overall = summarise_overall(table)
+    if len(table) > 1 and overall:
+        lines += [
+            "",
+            "## All domains",
+            "",
+            "Change of future-window MAE from S0 to the last round: the mean of the domains' changes (each domain "
+            "weighs the same), and the users whose last persona predicts its future window better than S0 did; "
+            "lowest change first. The later windows differ from the first, so part of a change is theirs: "
+            "no-update keeps S0 for every round, and the last column is the mean of the domains' relative "
+            "difference of last-round future MAE against it (negative: updating helped).",
+            "",
+            "| method | domains | users | mean change | users lowered | last round vs no-update |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for method, m in overall.items():
+            change = f"{m['mean_change_pct']:+.1f}%" if m["mean_change_pct"] is not None else ""
+            versus = f"{m['vs_no_update_pct']:+.1f}%" if m["vs_no_update_pct"] is not None else ""
+            shown = f"{method} (no LLM)" if m.get("reference") else method
+            lines.append(
+                f"| {shown} | {m['domains']} | {m['users']} | {change} | {m['lowered']} of {m['users']} | {versus} |"
+            )
     linked = [(PLOT_FILES[key][1], path) for key, path in plots.items() if key in PLOT_FILES]
     if linked:
         lines += ["", "## Plots"]

@@ -91,25 +91,37 @@ class StructuredPredictor:
         return values, answer.usage
 
 
+NO_UPDATE = "no-update"  # the label of RefineConfig(frozen=True): S0 kept for every round
+
+
 @dataclass(frozen=True, slots=True)
 class RefineConfig:
     """``verified``: sample ``candidates`` updates (the first greedy, the rest at ``temperature``) and commit the
-    best only if it lowers previous + current MAE (see :mod:`personalens.refinement.verify`)."""
+    best only if it lowers previous + current MAE (see :mod:`personalens.refinement.verify`).
+
+    ``frozen``: the control, labelled ``no-update``: S0 is written and kept for every round, never updated, so each
+    round scores it on the round's windows. Against it, an update's future-window MAE says what updating bought,
+    apart from how hard the later windows are."""
 
     strategy: Strategy = "refine"
     verified: bool = False
     candidates: int = 4
     temperature: float = 0.8
     min_gain: float = 0.0
+    frozen: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
         if self.candidates < 1:
             raise ValueError("candidates must be >= 1")
+        if self.frozen and self.verified:
+            raise ValueError("a frozen persona is never updated, so it cannot be verified")
 
     @property
     def label(self) -> str:
+        if self.frozen:
+            return NO_UPDATE
         return f"verified-{self.strategy}" if self.verified else self.strategy
 
 
@@ -176,6 +188,13 @@ class DynamicRefiner:
         self._usage = Usage()
 
     def describe(self) -> dict[str, Any]:
+        if self.config.frozen:  # only S0's writer and the predictor shape this row
+            return {
+                "frozen": True,
+                "writer": self._writer_config(),
+                "predictor": self.predictor.config(),
+                "prompts_version": REFINEMENT_PROMPTS_VERSION,
+            }
         return {
             "strategy": self.config.strategy,
             "verified": self.config.verified,
@@ -202,7 +221,7 @@ class DynamicRefiner:
             config["revised_only"] = True
         if self.writer.drop_naming:
             config["drop_naming"] = True
-        if self.config.strategy in UPDATES_OLD_PERSONA and self.writer.reask_unchanged:
+        if self.config.strategy in UPDATES_OLD_PERSONA and self.writer.reask_unchanged and not self.config.frozen:
             config["reask_sampling"] = self.writer.config()["reask_sampling"]
         return config
 
@@ -254,7 +273,9 @@ class DynamicRefiner:
             before = self._errors_of(persona, user, t, future=True)
             gate = None
             flags: dict[str, Any] = {}
-            if not self.config.verified:
+            if self.config.frozen:
+                new, committed = persona, False
+            elif not self.config.verified:
                 update = self.writer.update(self.config.strategy, persona, seen)
                 self._usage = self._usage + update.usage
                 new, committed = update.text, True
@@ -339,6 +360,7 @@ def history_mean_trace(user: UserWindows, *, rounds: int | None = None) -> UserT
 
 __all__ = [
     "HISTORY_MEAN",
+    "NO_UPDATE",
     "DynamicRefiner",
     "Predictor",
     "ProbabilityPredictor",
