@@ -426,3 +426,20 @@ def test_the_no_update_control_keeps_s0_and_scores_it_on_every_round(tmp_path):
 
     with pytest.raises(ValueError, match="frozen"):
         RefineConfig(frozen=True, verified=True)
+
+
+def test_the_overall_table_pairs_each_method_with_the_no_update_control_user_by_user():
+    from personalens.refinement.experiment import summarise_overall
+
+    rows = [
+        _row("d1", "a", "refine", 1.0, [0.8]),
+        _row("d1", "a", "no-update", 1.0, [1.0]),
+        _row("d1", "b", "refine", 1.0, [1.1]),
+        _row("d1", "b", "no-update", 1.0, [1.0]),
+        _row("d2", "c", "refine", 2.0, [1.0]),
+        _row("d2", "c", "no-update", 2.0, [2.0]),
+    ]
+    paired = summarise_overall(summarise(rows))["refine"]["vs_no_update_paired"]
+    assert paired["users"] == 3 and paired["mean_diff"] == pytest.approx((-0.2 + 0.1 - 1.0) / 3)
+    assert (paired["lower"], paired["higher"]) == (2, 1) and paired["se"] is not None
+    assert summarise_overall(summarise(rows))["refine"]["vs_no_update_pct"] == pytest.approx((-5.0 - 50.0) / 2)

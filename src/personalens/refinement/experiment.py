@@ -388,6 +388,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "lowered": sum(r["rounds"][n_rounds - 1]["mae_after"]["future"] < r["initial_error"] for r in rs)
             if n_rounds
             else 0,
+            # each user's last-round future MAE, for paired comparisons between methods
+            "last_future_by_user": {r["user"]: r["rounds"][n_rounds - 1]["mae_after"]["future"] for r in rs}
+            if n_rounds
+            else {},
             "change_se": standard_error(
                 [r["rounds"][n_rounds - 1]["mae_after"]["future"] - r["initial_error"] for r in rs]
             )
@@ -409,12 +413,15 @@ def summarise_overall(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) ->
     domains' relative changes of future MAE from S0 to the last round (each domain weighs the same, as the domains'
     rating scales differ), how many users ended with a lower future MAE than S0's, and, where the domain has the
     ``no-update`` control, the mean of the domains' relative differences of last-round future MAE against it (what
-    updating bought on the same windows; the change from S0 also carries how hard the later windows are)."""
+    updating bought on the same windows; the change from S0 also carries how hard the later windows are) and the
+    same user by user: mean difference of last-round future MAE, its standard error, users lower and higher."""
     out: dict[str, dict[str, Any]] = {}
     for methods in summary.values():
         control = methods.get(NO_UPDATE)
         for method, m in methods.items():
-            entry = out.setdefault(method, {"domains": 0, "users": 0, "lowered": 0, "changes": [], "vs": []})
+            entry = out.setdefault(
+                method, {"domains": 0, "users": 0, "lowered": 0, "changes": [], "vs": [], "paired": []}
+            )
             entry["domains"] += 1
             entry["users"] += m["users"]
             entry["lowered"] += m.get("lowered", 0)
@@ -424,11 +431,24 @@ def summarise_overall(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) ->
                 last, frozen = m["future_mae_by_round"][-1], control["future_mae_by_round"][-1]
                 if frozen:
                     entry["vs"].append(100.0 * (last - frozen) / frozen)
+                mine, theirs = m.get("last_future_by_user", {}), control.get("last_future_by_user", {})
+                entry["paired"] += [mine[u] - theirs[u] for u in sorted(mine) if u in theirs]
             entry["reference"] = m.get("reference", False)
     for entry in out.values():
-        changes, versus = entry.pop("changes"), entry.pop("vs")
+        changes, versus, paired = entry.pop("changes"), entry.pop("vs"), entry.pop("paired")
         entry["mean_change_pct"] = statistics.fmean(changes) if changes else None
         entry["vs_no_update_pct"] = statistics.fmean(versus) if versus else None
+        entry["vs_no_update_paired"] = (
+            {
+                "users": len(paired),
+                "mean_diff": statistics.fmean(paired),
+                "se": standard_error(paired),
+                "lower": sum(d < 0 for d in paired),
+                "higher": sum(d > 0 for d in paired),
+            }
+            if paired
+            else None
+        )
     return dict(sorted(out.items(), key=lambda kv: (kv[1]["mean_change_pct"] is None, kv[1]["mean_change_pct"] or 0)))
 
 
@@ -519,17 +539,26 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
             "weighs the same), and the users whose last persona predicts its future window better than S0 did; "
             "lowest change first. The later windows differ from the first, so part of a change is theirs: "
             "no-update keeps S0 for every round, and the last column is the mean of the domains' relative "
-            "difference of last-round future MAE against it (negative: updating helped).",
+            "difference of last-round future MAE against it (negative: updating helped); paired: the same user by "
+            "user (mean difference of MAE ± one standard error, and the users whose last persona did better or "
+            "worse than S0 kept).",
             "",
-            "| method | domains | users | mean change | users lowered | last round vs no-update |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| method | domains | users | mean change | users lowered | last round vs no-update | "
+            "paired: MAE difference | lower / higher |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for method, m in overall.items():
             change = f"{m['mean_change_pct']:+.1f}%" if m["mean_change_pct"] is not None else ""
             versus = f"{m['vs_no_update_pct']:+.1f}%" if m["vs_no_update_pct"] is not None else ""
             shown = f"{method} (no LLM)" if m.get("reference") else method
+            pair = m["vs_no_update_paired"] if method != NO_UPDATE else None
+            diff = counts = ""
+            if pair is not None:
+                diff = f"{pair['mean_diff']:+.3f}" + (f" ± {pair['se']:.3f}" if pair["se"] is not None else "")
+                counts = f"{pair['lower']} / {pair['higher']}"
             lines.append(
-                f"| {shown} | {m['domains']} | {m['users']} | {change} | {m['lowered']} of {m['users']} | {versus} |"
+                f"| {shown} | {m['domains']} | {m['users']} | {change} | {m['lowered']} of {m['users']} | {versus} "
+                f"| {diff} | {counts} |"
             )
     linked = [(PLOT_FILES[key][1], path) for key, path in plots.items() if key in PLOT_FILES]
     if linked:
