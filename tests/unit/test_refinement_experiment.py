@@ -443,3 +443,26 @@ def test_the_overall_table_pairs_each_method_with_the_no_update_control_user_by_
     assert paired["users"] == 3 and paired["mean_diff"] == pytest.approx((-0.2 + 0.1 - 1.0) / 3)
     assert (paired["lower"], paired["higher"]) == (2, 1) and paired["se"] is not None
     assert summarise_overall(summarise(rows))["refine"]["vs_no_update_pct"] == pytest.approx((-5.0 - 50.0) / 2)
+
+
+def test_every_method_of_a_user_starts_from_one_s0_written_once_and_reused_on_a_rerun(tmp_path):
+    config = _config(tmp_path, "references = []\n")
+    model = _model()  # a different answer to every request: nothing is shared by accident
+    out = tmp_path / "out"
+    DynamicExperiment(config, out, model=model, predictor=LevelPredictor()).run()
+    rows = read_dynamic_rows(out / "rows.jsonl")
+    for user in {r["user"] for r in rows}:
+        mine = [r for r in rows if r["user"] == user]
+        assert len({r["initial"] for r in mine}) == 1
+        assert sum(r["initial_usage"]["calls"] for r in mine) == 1  # written once, its cost on one row
+    first_persona_requests = [c for c in model.calls if "Write a profile" in c.messages[-1].content]
+    assert len(first_persona_requests) == 2  # one per user
+    # a rerun that redoes one method of a user reuses the S0 the user's other rows hold
+    kept = [r for r in rows if not (r["user"] == rows[0]["user"] and r["method"] == "refine")]
+    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    again = DynamicExperiment(config, out, model=_model(), predictor=LevelPredictor()).run()
+    assert again.rows_written == 1
+    redone = [r for r in read_dynamic_rows(out / "rows.jsonl") if r["user"] == rows[0]["user"]]
+    assert len({r["initial"] for r in redone}) == 1 and len(redone) == len(
+        [r for r in rows if r["user"] == rows[0]["user"]]
+    )

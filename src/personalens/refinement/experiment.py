@@ -237,7 +237,10 @@ class DynamicExperiment:
         rows_path = self.out_dir / ROWS_FILE
         summary = DynamicSummary()
         summary.rows_stale = self._retire_stale_rows(rows_path)
-        done = {(r["domain"], r["user"], r["method"]) for r in read_dynamic_rows(rows_path)}
+        rows = read_dynamic_rows(rows_path)
+        done = {(r["domain"], r["user"], r["method"]) for r in rows}
+        # every method of a user starts from one S0, written once (and read back from the user's rows on a rerun)
+        initial_of = {(r["domain"], r["user"]): r["initial"] for r in rows if not r.get("reference") and r["initial"]}
         by_domain = self.users()
         total = sum(len(v) for v in by_domain.values()) * (len(self.config.methods()) + len(self.config.references))
         self.on_event("start", {"runs": total})
@@ -257,31 +260,39 @@ class DynamicExperiment:
                         sink.flush()
                         summary.rows_written += 1
                     self.on_event("run", {"domain": domain, "user": user.user_id, "method": reference})
+                writer = PersonaWriter(
+                    self.model,
+                    domain=user.domain,
+                    scale=user.scale,
+                    min_words=self.config.min_words,
+                    max_words=self.config.max_words,
+                    repetition_penalty=self.config.repetition_penalty,
+                    revised_only=self.config.revised_only,
+                    drop_naming=self.config.drop_naming,
+                )
+                s0 = initial_of.get((domain, user.user_id))
+                s0_usage = Usage()
                 for method in self.config.methods():
                     key = (domain, user.user_id, method.label)
                     if key in done:
                         summary.rows_skipped += 1
                         self.on_event("run", {"domain": domain, "user": user.user_id, "method": method.label})
                         continue
-                    writer = PersonaWriter(
-                        self.model,
-                        domain=user.domain,
-                        scale=user.scale,
-                        min_words=self.config.min_words,
-                        max_words=self.config.max_words,
-                        repetition_penalty=self.config.repetition_penalty,
-                        revised_only=self.config.revised_only,
-                        drop_naming=self.config.drop_naming,
-                    )
                     refiner = DynamicRefiner(writer, self.predictor, method)
                     t0 = time.perf_counter()
                     try:
-                        trace = refiner.run(user, rounds=self.config.rounds)
+                        if s0 is None:
+                            written = writer.initial(user.windows[0])
+                            s0, s0_usage = written.text, written.usage
+                            summary.usage = summary.usage + written.usage
+                        trace = refiner.run(user, rounds=self.config.rounds, initial=s0)
                     except PersonaLensError as exc:
                         summary.failures["/".join(key)] = str(exc)
                         self.on_event("failed", {"domain": domain, "user": user.user_id, "error": str(exc)})
                         continue
                     row = _row(domain, method.label, refiner.describe(), trace, time.perf_counter() - t0)
+                    # what writing the shared S0 cost, on the row of the method that asked for it first
+                    row["initial_usage"], s0_usage = s0_usage.to_dict(), Usage()
                     sink.write(json.dumps(row) + "\n")
                     sink.flush()
                     summary.rows_written += 1
@@ -527,7 +538,9 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
         "that completed every method of their domain. MAE is on the domain's own scale; "
         "round 0 is the initial persona S0 predicting W1, round t the persona S_t predicting W_{t+1} (never seen "
         "by the update). committed: the share of updates kept (a verified update may keep the old persona); "
-        "unchanged: the share of kept updates whose persona is word for word the one it replaced."
+        "unchanged: the share of kept updates whose persona is word for word the one it replaced. Every method of "
+        "a user starts from the same S0, written once; LLM calls and tokens per user count each method's updates "
+        "and scoring, not S0."
     )
     overall = summarise_overall(table)
     if len(table) > 1 and overall:
