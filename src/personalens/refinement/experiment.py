@@ -543,7 +543,7 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
         "and scoring, not S0."
     )
     overall = summarise_overall(table)
-    if len(table) > 1 and overall:
+    if overall:
         lines += [
             "",
             "## All domains",
