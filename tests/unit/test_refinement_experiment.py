@@ -466,3 +466,22 @@ def test_every_method_of_a_user_starts_from_one_s0_written_once_and_reused_on_a_
     assert len({r["initial"] for r in redone}) == 1 and len(redone) == len(
         [r for r in rows if r["user"] == rows[0]["user"]]
     )
+
+
+def test_a_verified_method_is_paired_with_its_plain_strategy_for_cost_and_gain():
+    from personalens.refinement.experiment import verified_against_plain
+
+    rows = [
+        _row("d", "a", "refine", 1.0, [0.9]),
+        _row("d", "a", "verified-refine", 1.0, [0.7]),
+        _row("d", "b", "refine", 1.0, [0.8]),
+        _row("d", "b", "verified-refine", 1.0, [0.9]),
+    ]
+    for r in rows:
+        if r["method"] == "verified-refine":
+            r["usage"] = {"calls": 5, "total_tokens": 50}
+    v = verified_against_plain(summarise(rows))["verified-refine"]
+    assert v["plain"] == "refine" and v["users"] == 2 and v["mean_diff"] == pytest.approx((-0.2 + 0.1) / 2)
+    assert (v["lower"], v["higher"]) == (1, 1) and (v["calls_per_user"], v["plain_calls_per_user"]) == (5, 1)
+    assert v["committed_share"] == 1.0
+    assert verified_against_plain(summarise([_row("d", "a", "refine", 1.0, [0.9])])) == {}

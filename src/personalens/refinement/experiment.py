@@ -463,6 +463,37 @@ def summarise_overall(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) ->
     return dict(sorted(out.items(), key=lambda kv: (kv[1]["mean_change_pct"] is None, kv[1]["mean_change_pct"] or 0)))
 
 
+def verified_against_plain(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each verified method (``verified-<strategy>``) against its plain strategy over every domain that ran both:
+    what verifying cost (LLM calls and tokens per user, each the mean of the domains'), how many of its updates it
+    committed, and what it bought, user by user: the mean difference of last-round future MAE (negative: verified
+    is better), its standard error, and the users lower and higher."""
+    out: dict[str, dict[str, Any]] = {}
+    for methods in summary.values():
+        for method, m in methods.items():
+            plain = methods.get(method.removeprefix("verified-")) if method.startswith("verified-") else None
+            if plain is None:
+                continue
+            entry = out.setdefault(method, {"plain": method.removeprefix("verified-"), "domains": [], "diffs": []})
+            entry["domains"].append((m, plain))
+            mine, theirs = m.get("last_future_by_user", {}), plain.get("last_future_by_user", {})
+            entry["diffs"] += [mine[u] - theirs[u] for u in sorted(mine) if u in theirs]
+    for entry in out.values():
+        pairs, diffs = entry.pop("domains"), entry.pop("diffs")
+        entry["calls_per_user"] = statistics.fmean(m["llm_calls_per_user"] for m, _ in pairs)
+        entry["plain_calls_per_user"] = statistics.fmean(p["llm_calls_per_user"] for _, p in pairs)
+        entry["tokens_per_user"] = statistics.fmean(m["tokens_per_user"] for m, _ in pairs)
+        entry["plain_tokens_per_user"] = statistics.fmean(p["tokens_per_user"] for _, p in pairs)
+        shares = [m["committed_share"] for m, _ in pairs if m.get("committed_share") is not None]
+        entry["committed_share"] = statistics.fmean(shares) if shares else None
+        entry["users"] = len(diffs)
+        entry["mean_diff"] = statistics.fmean(diffs) if diffs else None
+        entry["se"] = standard_error(diffs)
+        entry["lower"] = sum(d < 0 for d in diffs)
+        entry["higher"] = sum(d > 0 for d in diffs)
+    return out
+
+
 def _persona_quality(rows: Sequence[Mapping[str, Any]], n_rounds: int) -> dict[str, float | None]:
     """Over every persona version (S0 and each round's): the share under the writer's ``min_words`` (None when the
     rows do not record it) and the mean share of word trigrams a persona repeats from itself (0 for all-new wording;
@@ -517,6 +548,7 @@ __all__ = [
     "sample_users",
     "summarise",
     "summarise_overall",
+    "verified_against_plain",
     "write_dynamic_report",
 ]
 
@@ -572,6 +604,30 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
             lines.append(
                 f"| {shown} | {m['domains']} | {m['users']} | {change} | {m['lowered']} of {m['users']} | {versus} "
                 f"| {diff} | {counts} |"
+            )
+    verified = verified_against_plain(table)
+    if verified:
+        lines += [
+            "",
+            "## Verified updates against their plain strategy",
+            "",
+            "What verifying cost (LLM calls and tokens per user, the mean of the domains') and bought: the mean "
+            "difference of last-round future MAE against the plain strategy, user by user (negative: verified is "
+            "better; ± one standard error), and the users it did better and worse for.",
+            "",
+            "| method | against | users | LLM calls / user | tokens / user | committed | future MAE difference | "
+            "lower / higher |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for method, v in verified.items():
+            diff = "" if v["mean_diff"] is None else f"{v['mean_diff']:+.3f}"
+            diff += f" ± {v['se']:.3f}" if v["se"] is not None else ""
+            share = f"{100 * v['committed_share']:.0f}%" if v["committed_share"] is not None else ""
+            calls = f"{v['calls_per_user']:.0f} vs {v['plain_calls_per_user']:.0f}"
+            tokens = f"{v['tokens_per_user']:.0f} vs {v['plain_tokens_per_user']:.0f}"
+            lines.append(
+                f"| {method} | {v['plain']} | {v['users']} | {calls} | {tokens} | {share} | {diff} "
+                f"| {v['lower']} / {v['higher']} |"
             )
     linked = [(PLOT_FILES[key][1], path) for key, path in plots.items() if key in PLOT_FILES]
     if linked:
