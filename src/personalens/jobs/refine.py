@@ -281,7 +281,13 @@ class RefineJob:
                     "strategy": "initial",
                     "committed": True,
                     "usage": written.usage.to_dict(),
-                    "flags": {"short": written.short, "leaked": list(written.leaked), "attempts": written.attempts},
+                    "flags": {
+                        "short": written.short,
+                        "leaked": list(written.leaked),
+                        "attempts": written.attempts,
+                        "cut_to_revision": written.cut_to_revision,
+                        "dropped_sentences": written.dropped_sentences,
+                    },
                 }
                 saved = self._save(
                     user,
