@@ -485,3 +485,20 @@ def test_a_verified_method_is_paired_with_its_plain_strategy_for_cost_and_gain()
     assert (v["lower"], v["higher"]) == (1, 1) and (v["calls_per_user"], v["plain_calls_per_user"]) == (5, 1)
     assert v["committed_share"] == 1.0
     assert verified_against_plain(summarise([_row("d", "a", "refine", 1.0, [0.9])])) == {}
+
+
+def test_s0_is_not_taken_from_a_method_no_longer_configured(tmp_path):
+    def tagged(tag):  # every answer names its run, so an S0 says which run wrote it
+        counter = iter(range(10_000))
+        return ScriptedChatModel(lambda request: f"Rates at level {1 + next(counter) % 5}. Run {tag}. {FILLER}")
+
+    old = _config(tmp_path, "references = []\nrevised_only = false\n")
+    out = tmp_path / "out"
+    DynamicExperiment(old, out, model=tagged("old"), predictor=LevelPredictor()).run()
+    before = {r["user"]: r["initial"] for r in read_dynamic_rows(out / "rows.jsonl") if r["method"] == "inc_update"}
+    # the writer settings change and inc_update is dropped: its rows stay, but their S0 is of the old writer
+    new = dataclasses.replace(old, revised_only=True, strategies=("refine",))
+    DynamicExperiment(new, out, model=tagged("new"), predictor=LevelPredictor()).run()
+    redone = [r for r in read_dynamic_rows(out / "rows.jsonl") if r["method"] != "inc_update"]
+    assert redone and all("Run new." in r["initial"] and r["initial"] != before[r["user"]] for r in redone)
+    assert all(r["config"]["writer"]["revised_only"] for r in redone)

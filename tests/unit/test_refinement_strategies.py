@@ -395,3 +395,29 @@ def test_a_revision_heading_on_top_of_an_answer_that_is_all_profile_is_only_a_ti
     assert revised_section(f"### Revised Profile\n\n{PROFILE}\n") == (PROFILE, False)
     assert revised_section(f"**Updated persona:** {PROFILE}") == (PROFILE, False)
     assert revised_section(f"Some analysis.\n**Updated persona:** {PROFILE}") == (PROFILE, True)
+
+
+def test_clean_up_counts_are_those_of_the_kept_answer_not_of_every_attempt():
+    short_cut = f"Analysis first.\n\n### Revised Profile\n{' '.join(PROFILE.split()[:26])} more."
+    model = ScriptedChatModel([short_cut, PROFILE])  # rewrite mode: the second, uncut answer is kept
+    written = _writer(model, short_answers="rewrite").update("refine", "Old profile text.", [W0, W1])
+    assert written.text == PROFILE and written.attempts == 2
+    assert written.cut_to_revision == 0 and written.dropped_sentences == 0
+
+
+def test_a_title_with_sentence_punctuation_drops_the_sentences_it_runs_through():
+    from personalens.profiling.summarize import drop_naming_sentences
+
+    text = "They loved Ah! My Goddess for its mood. They like quiet films. Dr. Dolittle bored them."
+    kept, dropped = drop_naming_sentences(text, ["Ah! My Goddess", "Dr. Dolittle (1998)"])
+    assert kept == "They like quiet films." and dropped == 4  # two sentences each, as the splitter sees them
+
+
+def test_a_sentence_about_the_updated_profile_is_not_a_revision_heading():
+    from personalens.profiling.summarize import revised_section
+
+    changes = "- " + " ".join(["It now weighs pacing and tone more than before, and genre less."] * 3)
+    answer = f"{PROFILE}\n\nThe updated profile reflects these changes:\n{changes}"
+    assert revised_section(answer) == (answer, False)
+    labelled = f"Analysis of the errors.\n\nHere is the revised profile of this person:\n{PROFILE}"
+    assert revised_section(labelled) == (PROFILE, True)

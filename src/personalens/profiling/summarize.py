@@ -73,6 +73,14 @@ _AFTERWORD = re.compile(
     r"what changed|key changes|why (?:this|the)\b)",
     re.IGNORECASE,
 )
+# A plain line (no "#" or "**") counts only when it is a label such as "Rewritten profile:" or "Here is the revised
+# profile of this person:", not a sentence about the profile ("The updated profile reflects these changes:").
+_PLAIN_MARK = re.compile(
+    r"^\s*(?:(?:the|your|my|a|an|here\s+is\s+(?:the|my|a|an))\s+)?"
+    r"(?:revised|updated|corrected|refined|improved|rewritten|new|final)\b[^\n:]{0,40}?\b(?:profile|persona)\b"
+    r"(?:\s+(?:of|for|in)\b[^\n:]{0,60})?\s*:",
+    re.IGNORECASE,
+)
 _RULE = re.compile(r"^\s*(?:-{3,}|\*{3,}|_{3,})\s*$")
 _QUOTED_RATINGS = re.compile(r"\bpredicted\b\W*(?:rating\W*)?\d[\d.]*.*\bactual\b", re.IGNORECASE)
 MIN_REVISED_WORDS = 25  # a shorter section after the heading is not taken for the profile
@@ -94,18 +102,21 @@ def revised_section(text: str) -> tuple[str, bool]:
     The 1.5B model answers a refinement this way in some answers (first answers to the Refine prompt in the response
     cache, benchmarks/deeper/persona_answers.py: greedy 7 of 67, sampled at T 1, top-p 0.4 78 of 306, the
     iteration-1 adapter greedy 81 of 91), and what precedes the heading restates the old profile or quotes items
-    with their predicted and actual ratings, which a profile must not hold. The text after
-    the last such heading is kept, without its leading titles, rules and lead-in lines ("Here is the corrected
-    profile:"), without an explanation section after it and without lines that quote a predicted and an actual
-    rating. An answer with no such heading, or with fewer than
-    ``MIN_REVISED_WORDS`` words after it, is returned unchanged. The flag says whether content was left out: a
+    with their predicted and actual ratings, which a profile must not hold. The text under the last such heading
+    with at least ``MIN_REVISED_WORDS`` words under it (up to the next heading of its kind) is kept, without its
+    leading titles, rules and lead-in lines ("Here is the corrected profile:"), without an explanation section after
+    it and without lines that quote a predicted and an actual rating. An answer with no such heading, or with too
+    few words under every one, is returned unchanged. The flag says whether content was left out: a
     revision heading on top of an answer that is all profile is only a title (removed, but nothing was cut)."""
     lines = text.splitlines()
     marks = []
     for i, line in enumerate(lines):
         match = _REVISION_MARK.match(line)
         rest = match.group("rest").strip() if match else ""
-        if match and (_is_heading(line) or (rest and line.strip().startswith(("#", "**")))):
+        if not match:
+            continue
+        styled = line.strip().startswith(("#", "**"))
+        if (styled and (_is_heading(line) or rest)) or (not styled and _is_heading(line) and _PLAIN_MARK.match(line)):
             marks.append((i, rest.strip("*").strip()))
     if not marks:
         return text, False
@@ -186,8 +197,8 @@ def summarize_history(
 
 def find_leaked_titles(text: str, titles: Sequence[str]) -> tuple[str, ...]:
     """The titles (without their year) that ``text`` names; a persona should describe tastes, not list items. A title
-    of one word counts only as written in the title ("Heat", not "heat"): in lower case it is usually just the
-    word."""
+    of one word counts only as written in the title ("Heat", not "turn up the heat"); food.com's recipe names are
+    all lower case, so there a one-word name ("guacamole") matches the plain word."""
     return tuple(title for title, pattern in _title_patterns(titles) if pattern.search(text))
 
 
@@ -202,10 +213,18 @@ def drop_naming_sentences(text: str, titles: Sequence[str]) -> tuple[str, int]:
     dropped = 0
     kept: list[str | None] = []  # per line: what is left of it, None when every sentence of it was dropped
     for line in text.splitlines():
-        sentences = _SENTENCE_END.split(line.strip()) if line.strip() else []
-        left = [x for x in sentences if not any(p.search(x) for p in patterns)]
-        dropped += len(sentences) - len(left)
-        kept.append(None if sentences and not left else line[: len(line) - len(line.lstrip())] + " ".join(left))
+        body = line.strip()
+        if not body:
+            kept.append("")
+            continue
+        # sentence spans of the line; a title is found on the whole line, so one with a full stop or "!" in it
+        # ("Dr. Dolittle", "Ah! My Goddess") drops every sentence it runs through
+        cuts = [m.end() for m in _SENTENCE_END.finditer(body)]
+        spans = list(zip([0, *cuts], [*cuts, len(body)], strict=True))
+        named = [(m.start(), m.end()) for p in patterns for m in p.finditer(body)]
+        left = [body[a:b].strip() for a, b in spans if not any(s < b and e > a for s, e in named)]
+        dropped += len(spans) - len(left)
+        kept.append(None if not left else line[: len(line) - len(line.lstrip())] + " ".join(left))
     for i, rest in enumerate(kept):
         if rest is not None and rest.rstrip().endswith(":") and _all_dropped(_items_under(kept, i)):
             kept[i] = None  # a lead-in ("rated these:") whose every item was dropped

@@ -239,8 +239,15 @@ class DynamicExperiment:
         summary.rows_stale = self._retire_stale_rows(rows_path)
         rows = read_dynamic_rows(rows_path)
         done = {(r["domain"], r["user"], r["method"]) for r in rows}
-        # every method of a user starts from one S0, written once (and read back from the user's rows on a rerun)
-        initial_of = {(r["domain"], r["user"]): r["initial"] for r in rows if not r.get("reference") and r["initial"]}
+        # every method of a user starts from one S0, written once and read back on a rerun from the user's rows of
+        # the methods configured now (those match the current settings; a row of a method no longer configured may
+        # hold an S0 of other writer settings)
+        configured = {m.label for m in self.config.methods()}
+        initial_of = {
+            (r["domain"], r["user"]): r["initial"]
+            for r in rows
+            if r["method"] in configured and not r.get("reference") and r["initial"]
+        }
         by_domain = self.users()
         total = sum(len(v) for v in by_domain.values()) * (len(self.config.methods()) + len(self.config.references))
         self.on_event("start", {"runs": total})

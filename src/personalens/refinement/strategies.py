@@ -52,8 +52,9 @@ class WrittenPersona:
     after the bounded re-ask, ``leaked`` the item texts it names (it should name none), ``unchanged`` when an update
     gave back the persona it was asked to update, word for word, after the bounded re-ask;
     ``repetitive_extensions`` counts continuations of a short answer that were refused for restating it;
-    ``cut_to_revision`` counts answers of which only the part under a "revised profile" heading was kept;
-    ``dropped_sentences`` the sentences removed because they named an item."""
+    ``cut_to_revision`` counts the answers behind the kept text (one, or a short one and its continuation) of which
+    only the part under a "revised profile" heading was kept; ``dropped_sentences`` the sentences removed from them
+    because they named an item."""
 
     text: str
     usage: Usage = field(default_factory=Usage)
@@ -195,8 +196,9 @@ class PersonaWriter:
         best = ""
         extending = ""  # the short profile the pending request continues
         refused = 0  # continuations refused for restating the profile
-        cut = 0  # answers cut to their revised section
-        dropped = 0  # sentences dropped for naming an item
+        # (answers cut to their revised section, sentences dropped for naming an item) behind a text: of the
+        # best answer, and of the short profile the pending request extends
+        best_cleanup = extending_cleanup = (0, 0)
         titles = [x.text for x in items]
         old = bound_words(replaces, self.max_words)[0] if replaces is not None and self.reask_unchanged else None
         for _ in range(self.max_attempts):
@@ -214,23 +216,22 @@ class PersonaWriter:
             raws.append(result.text)
             # judged as it would be stored: cut to max_words (an answer that is the old persona plus a tail that
             # the cut removes is still the old persona)
-            raw = result.text
+            raw, was_cut, n = result.text, False, 0
             if self.revised_only and not extending:  # a continuation is only the added part
                 raw, was_cut = revised_section(raw)
-                cut += was_cut
             if self.drop_naming:
                 raw, n = drop_naming_sentences(raw, titles)
-                dropped += n
             answer = clean_persona_text(raw)
             text, _ = bound_words(f"{extending} {answer}" if extending else answer, self.max_words)
+            cleanup = (extending_cleanup[0] + was_cut, extending_cleanup[1] + n) if extending else (int(was_cut), n)
             if extending:
                 added = " ".join(text.split()[len(extending.split()) :])
                 if repeated_trigram_share(added, after=extending) > self.extend_max_repeated:
                     refused += 1
-                    text = extending
+                    text, cleanup = extending, extending_cleanup
             echoed = old is not None and text == old
             if _better(text, echoed, best, old):
-                best = text
+                best, best_cleanup = text, cleanup
             words = len(text.split())
             if words >= self.min_words and not echoed:
                 break
@@ -245,7 +246,7 @@ class PersonaWriter:
                     settings = (r.temperature, r.top_p, max(r.repetition_penalty, settings[2] or 1.0))
             elif self.short_answers == "extend" and words >= max(1, self.min_words * _EXTEND_FROM_SHARE):
                 follow_up = prompts.extend_profile(words, min_words=self.min_words, max_words=self.max_words)
-                extending = text
+                extending, extending_cleanup = text, cleanup
                 temperature, top_p, penalty = settings
                 if refused and self.reask_sampling is not None and self.reask_sampling.temperature > temperature:
                     # the same request again would give the same refused continuation
@@ -269,8 +270,8 @@ class PersonaWriter:
             leaked=find_leaked_titles(text, titles),
             unchanged=old is not None and best == old,
             repetitive_extensions=refused,
-            cut_to_revision=cut,
-            dropped_sentences=dropped,
+            cut_to_revision=best_cleanup[0],
+            dropped_sentences=best_cleanup[1],
         )
 
     def initial(self, window: Sequence[RatedItem]) -> WrittenPersona:
