@@ -624,6 +624,21 @@ def refine(
     ] = "window",
     min_words: Annotated[int, typer.Option(help="Persona length floor in words.")] = 200,
     max_words: Annotated[int, typer.Option(help="Persona length bound in words.")] = 320,
+    repetition_penalty: Annotated[
+        float | None,
+        typer.Option(help="Repetition penalty for every persona request (greedy answers of small models loop)."),
+    ] = None,
+    revised_only: Annotated[
+        bool,
+        typer.Option(
+            "--revised-only/--whole-answers",
+            help="Keep only the profile under an answer's 'Revised Profile'-style heading.",
+        ),
+    ] = True,
+    drop_naming: Annotated[
+        bool,
+        typer.Option("--drop-naming/--keep-naming", help="Drop the sentences of an answer that name a window's item."),
+    ] = True,
     predictor: Annotated[
         str, typer.Option(help="probability (token probabilities) or structured (JSON; remote models).")
     ] = "probability",
@@ -647,6 +662,8 @@ def refine(
         raise typer.BadParameter("--predictor must be probability or structured")
     if initial not in ("window", "current"):
         raise typer.BadParameter("--initial must be window or current")
+    if repetition_penalty is not None and repetition_penalty < 1:
+        raise typer.BadParameter("--repetition-penalty must be >= 1 (1: none)")
     try:
         config = RefineConfig(strategy, verified=verified, candidates=candidates, temperature=temperature)  # type: ignore[arg-type]
     except ValueError as exc:
@@ -688,6 +705,9 @@ def refine(
             config,
             min_words=min_words,
             max_words=max_words,
+            repetition_penalty=repetition_penalty,
+            revised_only=revised_only,
+            drop_naming=drop_naming,
             rounds=rounds,
             initial=initial,  # type: ignore[arg-type]
             on_event=on_event,

@@ -99,6 +99,7 @@ def test_refine_one_user_verified_and_bad_options(cli, tmp_path):
     assert out["committed"] == 0
     assert "no windows for user" in cli("refine", "--deeper", "movies", "--user", "zz", code=2)
     assert "unknown strategy" in cli("refine", "--deeper", "movies", "--strategy", "magic", code=2)
+    assert "repetition-penalty" in cli("refine", "--deeper", "movies", "--repetition-penalty", "0.5", code=2)
 
 
 def test_personas_shows_what_a_refinement_round_changed(cli, tmp_path):

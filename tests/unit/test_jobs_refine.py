@@ -199,3 +199,19 @@ def test_the_report_counts_and_serialises(store):
     assert all(math.isfinite(v) for v in data["users_detail"]["u1"]["future_mae"])
     info = store.run_info(report.run_id)
     assert info.counts["done"] == 2
+
+
+def test_the_writer_settings_reach_every_request_and_the_configuration_hash(store):
+    model = _levels(2, 4, 5)
+    job = _job(model, store, repetition_penalty=1.3)
+    job.run([_user()])
+    assert model.calls and all(c.repetition_penalty == 1.3 for c in model.calls)
+    writer = job.run_config()["refine"]["writer"]
+    assert writer["repetition_penalty"] == 1.3 and writer["revised_only"] and writer["drop_naming"]
+    whole = _job(_levels(2), store, revised_only=False, drop_naming=False).run_config()["refine"]["writer"]
+    assert "revised_only" not in whole and "drop_naming" not in whole
+    # other writer settings are another configuration: its rounds are not taken for this one's
+    again = _job(_levels(3), store, revised_only=False, drop_naming=False).run([_user()])
+    assert again.outcomes[0].status == "refined"
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        _job(model, store, repetition_penalty=0.5)

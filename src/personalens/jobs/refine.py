@@ -135,6 +135,9 @@ class RefineJob:
         *,
         min_words: int = 200,
         max_words: int = 320,
+        repetition_penalty: float | None = None,
+        revised_only: bool = True,
+        drop_naming: bool = True,
         rounds: int | None = None,
         initial: InitialFrom = "window",
         on_event: Callable[[str, str, dict[str, Any]], None] | None = None,
@@ -146,6 +149,8 @@ class RefineJob:
             raise ValueError(f"initial must be 'window' or 'current', not {initial!r}")
         if rounds is not None and rounds < 1:
             raise ValueError("rounds must be >= 1")
+        if repetition_penalty is not None and repetition_penalty < 1:
+            raise ValueError("repetition_penalty must be >= 1 (1: none)")
         self.model = model
         self.predictor = predictor
         self.embedder = embedder
@@ -153,6 +158,11 @@ class RefineJob:
         self.config = config or RefineConfig()
         self.min_words = min_words
         self.max_words = max_words
+        # the writer's settings beyond the length bounds (PersonaWriter): a penalty for every persona request, and
+        # the answer clean-ups (keep the profile under a "revised profile" heading, drop sentences naming an item)
+        self.repetition_penalty = repetition_penalty
+        self.revised_only = revised_only
+        self.drop_naming = drop_naming
         self.rounds = rounds
         self.initial = initial
         self.on_event = on_event or (lambda kind, user, payload: None)
@@ -161,20 +171,22 @@ class RefineJob:
         self.predictor_factory = predictor_factory
 
     # ------------------------------------------------------------------ configuration
-    def _writer(self, user: UserWindows) -> PersonaWriter:
+    def _writer(self, user: UserWindows | None = None) -> PersonaWriter:
+        """The writer for ``user`` (None: a probe whose settings go into the configuration hash)."""
         return PersonaWriter(
-            self.model, domain=user.domain, scale=user.scale, min_words=self.min_words, max_words=self.max_words
+            self.model,
+            domain="items" if user is None else user.domain,
+            scale=(1, 5, 1) if user is None else user.scale,
+            min_words=self.min_words,
+            max_words=self.max_words,
+            repetition_penalty=self.repetition_penalty,
+            revised_only=self.revised_only,
+            drop_naming=self.drop_naming,
         )
 
     def run_config(self) -> dict[str, Any]:
         """Everything but the data that determines the stored personas (one hash per job configuration)."""
-        probe = DynamicRefiner(
-            PersonaWriter(
-                self.model, domain="items", scale=(1, 5, 1), min_words=self.min_words, max_words=self.max_words
-            ),
-            self.predictor,
-            self.config,
-        )
+        probe = DynamicRefiner(self._writer(), self.predictor, self.config)
         return {
             "refine": probe.describe() | {"max_words": self.max_words},
             "embedder": self.embedder.model_id,
@@ -396,6 +408,9 @@ class _RefineSetup:
             "config": driver.config,
             "min_words": driver.min_words,
             "max_words": driver.max_words,
+            "repetition_penalty": driver.repetition_penalty,
+            "revised_only": driver.revised_only,
+            "drop_naming": driver.drop_naming,
             "rounds": driver.rounds,
             "initial": driver.initial,
         }
