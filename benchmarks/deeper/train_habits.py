@@ -1,6 +1,8 @@
 """Writing habits in a training run's folder (benchmarks/deeper/README.md, refiner training): how many personas or
 answers begin with a Markdown heading, restate the old profile before revising it, their median length and
-self-repeated word trigrams; exact duplicate candidates and seconds per sampled context. With ``--config`` (the run's
+self-repeated word trigrams; exact duplicate candidates, seconds per sampled context, candidates naming an item of
+their window, and those whose stored leak flag differs from what ``find_leaked_titles`` says today (the rule changed
+while a run was sampling). With ``--config`` (the run's
 training TOML) also the preference pairs that each iteration's thresholds give on the candidates sampled so far, and
 on iteration 1's candidates cut to iteration 2's number per context (what the smaller M alone costs in pairs).
 
@@ -22,7 +24,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from personalens.profiling.summarize import repeated_trigram_share
+from personalens.profiling.summarize import find_leaked_titles, repeated_trigram_share
+from personalens.training.contexts import read_contexts
 from personalens.training.pairs import PairConfig, build_pairs
 from personalens.training.pipeline import load_train_config
 from personalens.training.sampling import read_samples
@@ -79,9 +82,17 @@ def main() -> None:
             candidates = sum(len(s["candidates"]) for s in samples)
             twins = sum(len(s["candidates"]) - len({c["text"] for c in s["candidates"]}) for s in samples)
             seconds = [s["usage"]["seconds"] for s in samples]
+            titles = _context_titles(run)
+            verdicts = [
+                (tuple(c["leaked"]), find_leaked_titles(c["text"], titles[s["context_id"]]))
+                for s in samples
+                for c in s["candidates"]
+            ]
             print(
                 f"{folder.name} samples: {len(samples)} contexts, {candidates} candidates, {twins} exact duplicates, "
-                f"{statistics.fmean(seconds):.0f} s per context on average"
+                f"{statistics.fmean(seconds):.0f} s per context on average, "
+                f"{sum(bool(now) for _, now in verdicts)} naming an item, "
+                f"{sum(stored != now for stored, now in verdicts)} whose stored leak flag differs from today's rule"
             )
     one_step = run / "eval" / "one_step.jsonl"
     if one_step.is_file():
@@ -90,6 +101,15 @@ def main() -> None:
             _habits(f"held-out refinements by {refiner}", (r["persona"] for r in rows if r["refiner"] == refiner))
     if args.config is not None:
         _pairs_so_far(run, args.config)
+
+
+def _context_titles(run: Path) -> dict[str, list[str]]:
+    """Per context id, the item texts of its current window (what a candidate must not name)."""
+    out: dict[str, list[str]] = {}
+    for folder in sorted(run.glob("iter*")):
+        if (folder / "contexts.jsonl").is_file():
+            out.update({cid: [x.text for x in c.current] for cid, c in read_contexts(folder).items()})
+    return out
 
 
 def _pairs_so_far(run: Path, config_path: Path) -> None:
