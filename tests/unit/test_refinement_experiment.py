@@ -15,6 +15,7 @@ from personalens.refinement.experiment import (
     DynamicExperiment,
     load_dynamic_config,
     read_dynamic_rows,
+    render_dynamic_markdown,
     summarise,
 )
 
@@ -289,8 +290,34 @@ def test_updates_that_copy_the_old_persona_back_are_counted():
     assert table["inc_update"]["unchanged_share"] == pytest.approx(1 / 3)
     assert table["refine+verified"]["unchanged_share"] == pytest.approx(1 / 2)
     assert table["refine+verified"]["committed_share"] == pytest.approx(2 / 3)
+    assert table["inc_update"]["near_copy_share"] == pytest.approx(1 / 3)  # "newer persona" keeps 1 of 2 words
     plain = summarise([_row("d", "a", "refine", 1.0, [0.9])])["d"]["refine"]
     assert plain["unchanged_share"] is None  # rows without persona texts
+    assert plain["near_copy_share"] is None
+
+
+def test_an_update_that_changes_a_word_or_two_is_a_near_copy_but_not_unchanged(tmp_path):
+    old = " ".join(f"w{i}" for i in range(100))
+    row = _row("d", "a", "inc_update", 1.0, [0.9, 0.9, 0.8])
+    row["initial"] = old
+    texts = [
+        old.replace("w7 ", "x7 "),  # one word of 100 changed: ratio 0.99
+        old.replace("w7 ", "x7 ").replace("w50 w51 w52 w53 w54 w55 ", ""),  # 6 dropped: ratio 94/97 ≈ 0.969
+        " ".join(f"v{i}" for i in range(100)),  # rewritten
+    ]
+    for x, text in zip(row["rounds"], texts, strict=True):
+        x["persona"] = text
+    m = summarise([row])["d"]["inc_update"]
+    assert m["unchanged_share"] == 0
+    assert m["near_copy_share"] == pytest.approx(2 / 3)
+    write_dir = tmp_path / "out"
+    write_dir.mkdir()
+    (write_dir / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    config = {"name": "t", "source": "t.toml", "domains": ["d"], "users_per_domain": 1, "rounds": 3}
+    (write_dir / "config.json").write_text(json.dumps(config))
+    report = render_dynamic_markdown(write_dir)
+    assert "| unchanged | near copies |" in report
+    assert "| 100% | 0% | 67% |" in report
 
 
 def test_rows_from_an_older_method_configuration_are_moved_aside_and_redone(tmp_path):

@@ -34,6 +34,7 @@ dashed in Figure 4 and has no row in Table 2 (it has no text).
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import statistics
@@ -66,6 +67,8 @@ from personalens.refinement.strategies import STRATEGIES, PersonaWriter
 from personalens.refinement.windows import UserWindows, windows_from_deeper
 
 ROWS_FILE = "rows.jsonl"
+# an update that keeps at least this much of the persona it replaced (word-sequence similarity) is a near copy
+NEAR_COPY = 0.95
 STALE_FILE = "stale.jsonl"
 FIG4_FILE = "fig4_future_mae.png"
 TABLE2_PLOT_FILE = "table2_persona_words.png"
@@ -395,7 +398,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for w in ("previous", "current", "future")
         }
         committed = [x["committed"] for r in rs for x in r["rounds"][:n_rounds]]
-        unchanged = _echoed(rs, n_rounds)
+        kept_words = _kept_words(rs, n_rounds)
         quality = _persona_quality(rs, n_rounds)
         reference = any(r.get("reference") for r in rs)
         out.setdefault(domain, {})[method] = {
@@ -418,7 +421,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "round1": table1,
             "persona_words_by_round": None if reference else words,
             "committed_share": sum(committed) / len(committed) if committed else None,
-            "unchanged_share": None if reference or not unchanged else sum(unchanged) / len(unchanged),
+            "unchanged_share": None
+            if reference or not kept_words
+            else sum(k == 1.0 for k in kept_words) / len(kept_words),
+            "near_copy_share": None
+            if reference or not kept_words
+            else sum(k >= NEAR_COPY for k in kept_words) / len(kept_words),
             **({} if reference else quality),
             "llm_calls_per_user": statistics.fmean(r["usage"]["calls"] for r in rs),
             "tokens_per_user": statistics.fmean(r["usage"]["total_tokens"] for r in rs),
@@ -527,10 +535,11 @@ def _persona_quality(rows: Sequence[Mapping[str, Any]], n_rounds: int) -> dict[s
     }
 
 
-def _echoed(rows: Sequence[Mapping[str, Any]], n_rounds: int) -> list[bool]:
-    """Per committed update: whether the new persona is word for word the one it replaced (a small model asked to
-    update often copies the old persona back). Empty when the rows carry no persona texts."""
-    out: list[bool] = []
+def _kept_words(rows: Sequence[Mapping[str, Any]], n_rounds: int) -> list[float]:
+    """Per committed update: how much of the persona it replaced the new one keeps, as the similarity of their word
+    sequences (``difflib``'s ratio: 1.0 word for word, whitespace aside). A small model asked to update often copies
+    the old persona back, whole or with a word or two changed. Empty when the rows carry no persona texts."""
+    out: list[float] = []
     for r in rows:
         before = r.get("initial")
         for x in r["rounds"][:n_rounds]:
@@ -538,7 +547,8 @@ def _echoed(rows: Sequence[Mapping[str, Any]], n_rounds: int) -> list[bool]:
             if text is None or before is None:
                 return []
             if x["committed"]:
-                out.append(text.strip() == before.strip())
+                old, new = before.split(), text.split()
+                out.append(1.0 if old == new else difflib.SequenceMatcher(None, old, new, autojunk=False).ratio())
             before = text
     return out
 
@@ -577,7 +587,9 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
         "that completed every method of their domain. MAE is on the domain's own scale; "
         "round 0 is the initial persona S0 predicting W1, round t the persona S_t predicting W_{t+1} (never seen "
         "by the update). committed: the share of updates kept (a verified update may keep the old persona); "
-        "unchanged: the share of kept updates whose persona is word for word the one it replaced. Every method of "
+        "unchanged: the share of kept updates whose persona is word for word the one it replaced; near copies: the "
+        f"share that keep at least {NEAR_COPY:.0%} of it (the similarity of the two word sequences), unchanged ones "
+        "included. Every method of "
         "a user starts from the same S0, written once; LLM calls and tokens per user count each method's updates "
         "and scoring, not S0."
     )
@@ -645,9 +657,11 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
         n = max(len(m["future_mae_by_round"]) for m in methods.values())
         lines += ["", f"## {domain}", "", "### Future-window MAE per round (Figure 4 layout)", ""]
         lines.append(
-            "| method | users | " + " | ".join(f"round {t}" for t in range(n)) + " | change | committed | unchanged |"
+            "| method | users | "
+            + " | ".join(f"round {t}" for t in range(n))
+            + " | change | committed | unchanged | near copies |"
         )
-        lines.append("|---|---:|" + "---:|" * n + "---:|---:|---:|")
+        lines.append("|---|---:|" + "---:|" * n + "---:|---:|---:|---:|")
         for method, m in methods.items():
             cells = " | ".join(f"{v:.3f}" for v in m["future_mae_by_round"])
             change = f"{m['change_pct']:+.1f}%" if m["change_pct"] is not None else ""
@@ -655,7 +669,8 @@ def render_dynamic_markdown(out_dir: str | Path, *, plots: Mapping[str, Path] | 
                 change += f" (± {m['change_se']:.3f} MAE)"
             share = f"{100 * m['committed_share']:.0f}%" if m["committed_share"] is not None else ""
             same = f"{100 * m['unchanged_share']:.0f}%" if m.get("unchanged_share") is not None else ""
-            lines.append(f"| {_shown(method, m)} | {m['users']} | {cells} | {change} | {share} | {same} |")
+            near = f"{100 * m['near_copy_share']:.0f}%" if m.get("near_copy_share") is not None else ""
+            lines.append(f"| {_shown(method, m)} | {m['users']} | {cells} | {change} | {share} | {same} | {near} |")
         lines += ["", "### Round 1: MAE before → after the update (Table 1 layout)", ""]
         lines.append("| method | previous | current | future | LLM calls / user | tokens / user |")
         lines.append("|---|---:|---:|---:|---:|---:|")
