@@ -290,7 +290,7 @@ def test_updates_that_copy_the_old_persona_back_are_counted():
     assert table["inc_update"]["unchanged_share"] == pytest.approx(1 / 3)
     assert table["refine+verified"]["unchanged_share"] == pytest.approx(1 / 2)
     assert table["refine+verified"]["committed_share"] == pytest.approx(2 / 3)
-    assert table["inc_update"]["near_copy_share"] == pytest.approx(1 / 3)  # "newer persona" keeps 1 of 2 words
+    assert table["inc_update"]["near_copy_share"] == pytest.approx(1 / 3)  # only the copy: the others keep 1 of 2 words
     plain = summarise([_row("d", "a", "refine", 1.0, [0.9])])["d"]["refine"]
     assert plain["unchanged_share"] is None  # rows without persona texts
     assert plain["near_copy_share"] is None
